@@ -1,0 +1,58 @@
+# churnlab: `make workbook` runs the pipeline, `make test` checks everything.
+# Both set themselves up: they use the active virtual or conda environment if there is
+# one, otherwise they create .venv with python3 (3.11 or newer) and install the project.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+
+ifdef VIRTUAL_ENV
+ENV_DIR := $(VIRTUAL_ENV)
+else ifdef CONDA_PREFIX
+ENV_DIR := $(CONDA_PREFIX)
+else
+ENV_DIR := $(CURDIR)/.venv
+endif
+PY := $(ENV_DIR)/bin/python
+BIN := $(ENV_DIR)/bin
+STAMP := $(ENV_DIR)/.churnlab-installed
+
+.PHONY: setup workbook test test-fast lint format lab mlflow-ui bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x "$(PY)" ]; then \
+	  $(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
+	    || { echo "churnlab needs Python 3.11 or newer as $(PYTHON)"; exit 2; }; \
+	  echo "creating $(ENV_DIR)"; $(PYTHON) -m venv "$(ENV_DIR)"; \
+	fi
+	@echo "installing churnlab and its dev tools into $(ENV_DIR)"
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@touch "$(STAMP)"
+
+workbook: $(STAMP)
+	$(BIN)/churnlab workbook $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+lab: $(STAMP)
+	cd notebooks && $(BIN)/jupyter lab
+
+mlflow-ui: $(STAMP)
+	$(BIN)/churnlab ui
+
+clean:
+	rm -rf .churnlab reports/*.html reports/executed reports/bench

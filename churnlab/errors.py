@@ -1,0 +1,27 @@
+"""The errors a user can cause, each mapped to one exit code of the CLI."""
+
+from __future__ import annotations
+
+
+class ChurnlabError(Exception):
+    """Base class: a clear one-line message meant for the person at the keyboard."""
+
+    exit_code = 2
+
+
+class InputError(ChurnlabError):
+    """Bad input or usage: a malformed CSV, an unknown version, a bad option (exit 2)."""
+
+    exit_code = 2
+
+
+class Refused(ChurnlabError):
+    """A rule said no: a failed gate, a promotion without its evidence (exit 1)."""
+
+    exit_code = 1
+
+
+class RegistryUnavailable(ChurnlabError):
+    """The tracking server could not be reached or answered with an error (exit 3)."""
+
+    exit_code = 3

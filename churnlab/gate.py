@@ -1,0 +1,391 @@
+"""The quality gate: may a registered version move on to staging?
+
+A declarative policy (``policy/default.yaml``, every value overridable) drives a list of
+checks. Each check yields pass, fail or skip with the measured value and its threshold.
+The verdict and every check are recorded on the model version (tags plus a JSON artifact
+on its run). A failed gate moves nothing: the version stays registered and unstaged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from churnlab import data, schema
+from churnlab.errors import InputError
+from churnlab.metrics import score
+from churnlab.registry import GATE_TAG, PRODUCTION, Registry
+
+Status = Literal["pass", "fail", "skip"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The gate's thresholds (see ``policy/default.yaml`` for what each one means)."""
+
+    min_eval_rows: int = 500
+    accuracy_min: float = 0.75
+    roc_auc_min: float = 0.80
+    latency_p95_ms: float = 50.0
+    latency_samples: int = 200
+    slice_columns: tuple[str, ...] = ("SeniorCitizen", "Contract", "InternetService")
+    slice_metric: str = "roc_auc"
+    slice_max_gap: float = 0.20
+    slice_min_rows: int = 50
+    robustness_noise: float = 0.05
+    robustness_max_drop: float = 0.02
+    invariance_columns: tuple[str, ...] = ("customerID", "gender")
+    invariance_tolerance: float = 1e-9
+    directional_max_violations: float = 0.0
+    champion_metric: str = "roc_auc"
+    champion_tolerance: float = 0.01
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> Policy:
+        """The shipped defaults, then the file at ``path``, then ``overrides``."""
+        import yaml
+
+        text = resources.files("churnlab").joinpath("policy/default.yaml").read_text()
+        values = yaml.safe_load(text) or {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise InputError(f"policy file {p}: no such file")
+            try:
+                loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise InputError(
+                    f"policy file {p}: not valid YAML ({type(exc).__name__})"
+                ) from None
+            if not isinstance(loaded, dict):
+                raise InputError(f"policy file {p}: expected a mapping of settings")
+            values.update(loaded)
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Policy:
+        """Validate names and types; errors name the setting and what it accepts."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InputError(f"unknown policy setting(s) {unknown}; known: {sorted(known)}")
+        clean: dict[str, Any] = {}
+        for name, value in values.items():
+            default = getattr(cls, name)
+            try:
+                if isinstance(default, tuple):
+                    items = value.split(",") if isinstance(value, str) else list(value)
+                    clean[name] = tuple(str(v).strip() for v in items if str(v).strip())
+                elif isinstance(default, bool):
+                    clean[name] = str(value).lower() in ("1", "true", "yes")
+                elif isinstance(default, int):
+                    clean[name] = int(value)
+                elif isinstance(default, float):
+                    clean[name] = float(value)
+                else:
+                    clean[name] = str(value)
+            except (TypeError, ValueError):
+                kind = type(default).__name__
+                raise InputError(f"policy setting {name} must be a {kind}, got {value!r}") from None
+        policy = cls(**clean)
+        for col in (*policy.slice_columns, *policy.invariance_columns):
+            if col not in schema.CSV_COLUMNS:
+                raise InputError(
+                    f"policy names unknown column {col!r}; known: {list(schema.CSV_COLUMNS)}"
+                )
+        for metric in (policy.slice_metric, policy.champion_metric):
+            if metric not in ("accuracy", "roc_auc", "f1", "precision", "recall"):
+                raise InputError(
+                    f"metric must be one of ['accuracy', 'roc_auc', 'f1', 'precision', 'recall'], got {metric!r}"
+                )
+        return policy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One check's outcome: ``value`` compared with ``threshold`` by ``operator``."""
+
+    name: str
+    status: Status
+    value: Any
+    threshold: Any
+    operator: str
+    detail: str = ""
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict on one version and the checks behind it."""
+
+    model_name: str
+    version: int
+    checks: list[Check] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not any(c.status == "fail" for c in self.checks)
+
+    @property
+    def verdict(self) -> str:
+        return "passed" if self.passed else "failed"
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "verdict": self.verdict,
+            "checks": [asdict(c) for c in self.checks],
+            "policy": self.policy,
+        }
+
+    def table(self) -> pd.DataFrame:
+        """The checks as a table (for notebooks and reports)."""
+        return pd.DataFrame([asdict(c) for c in self.checks])[
+            ["name", "status", "value", "operator", "threshold", "detail"]
+        ]
+
+    def summary(self) -> str:
+        """One line: verdict and the failing checks."""
+        if self.passed:
+            return f"Gate passed: {self.model_name} v{self.version} ({len(self.checks)} checks)"
+        why = "; ".join(
+            f"{c.name} {c.value} (needs {c.operator} {c.threshold})" for c in self.failed
+        )
+        return f"Gate failed: {self.model_name} v{self.version}: {why}"
+
+
+def _bound(name: str, value: float, threshold: float, op: str, detail: str = "") -> Check:
+    ok = value >= threshold if op == ">=" else value <= threshold
+    shown = int(value) if isinstance(value, int) else round(float(value), 6)
+    return Check(name, "pass" if ok else "fail", shown, threshold, op, detail)
+
+
+def _proba(model, frame: pd.DataFrame) -> np.ndarray:
+    return model.predict_proba(frame)[:, 1]
+
+
+def _metric(metric: str, y: np.ndarray, p: np.ndarray) -> float:
+    return score(y, p)[metric]
+
+
+def check_signature(signature) -> Check:
+    """The logged signature's inputs equal the serving schema."""
+    expected = schema.input_schema()
+    actual = signature.inputs if signature is not None else None
+    if actual == expected:
+        return Check("signature", "pass", "matches", "feature schema", "==")
+    got = [] if actual is None else [c.name for c in actual.inputs]
+    want = [c.name for c in expected.inputs]
+    diff = sorted(set(got) ^ set(want)) or "types or order differ"
+    return Check("signature", "fail", "differs", "feature schema", "==", f"difference: {diff}")
+
+
+def check_latency(model, X: pd.DataFrame, policy: Policy) -> Check:
+    """p95 of single-row predictions, in milliseconds."""
+    rows = [X.iloc[[i % len(X)]] for i in range(policy.latency_samples + 10)]
+    for row in rows[:10]:
+        model.predict_proba(row)
+    times = []
+    for row in rows[10:]:
+        start = time.perf_counter()
+        model.predict_proba(row)
+        times.append((time.perf_counter() - start) * 1000)
+    p95 = float(np.percentile(times, 95))
+    return _bound(
+        "latency_p95_ms",
+        p95,
+        policy.latency_p95_ms,
+        "<=",
+        f"{policy.latency_samples} single-row calls; p50 {np.percentile(times, 50):.2f} ms",
+    )
+
+
+def check_slices(model, frame: pd.DataFrame, policy: Policy) -> Check:
+    """Largest gap of the slice metric between segments of each slice column."""
+    X, y = data.features(frame), data.labels(frame)
+    p = _proba(model, X)
+    worst, where, skipped = 0.0, "", []
+    for col in policy.slice_columns:
+        values = {}
+        for seg, idx in frame.groupby(col).indices.items():
+            ys = y[idx]
+            if len(idx) < policy.slice_min_rows or (
+                policy.slice_metric == "roc_auc" and ys.min() == ys.max()
+            ):
+                skipped.append(f"{col}={seg}")
+                continue
+            if policy.slice_metric == "roc_auc" and min(ys.sum(), len(ys) - ys.sum()) < 10:
+                skipped.append(f"{col}={seg}")
+                continue
+            values[seg] = _metric(policy.slice_metric, ys, p[idx])
+        if len(values) >= 2:
+            gap = max(values.values()) - min(values.values())
+            if gap > worst:
+                lo = min(values, key=values.get)
+                hi = max(values, key=values.get)
+                worst, where = gap, f"{col}: {lo} {values[lo]:.3f} vs {hi} {values[hi]:.3f}"
+    detail = f"{policy.slice_metric}; worst {where}" if where else f"{policy.slice_metric}"
+    if skipped:
+        detail += f"; too small to judge: {', '.join(map(str, skipped))}"
+    return _bound("slice_gap", worst, policy.slice_max_gap, "<=", detail)
+
+
+def perturb(frame: pd.DataFrame, noise: float, seed: int = 7) -> pd.DataFrame:
+    """Relative Gaussian noise on the numeric features (clipped to the schema's range)."""
+    rng = np.random.default_rng(seed)
+    out = frame.copy()
+    for name in schema.NUMERIC:
+        feat = schema.feature(name)
+        values = out[name].to_numpy(dtype=float) * (1 + rng.normal(0, noise, len(out)))
+        values = np.clip(values, feat.minimum, feat.maximum)
+        out[name] = np.round(values).astype(np.int64) if feat.kind == "integer" else values
+    return out
+
+
+def check_robustness(model, frame: pd.DataFrame, policy: Policy) -> Check:
+    """Accuracy drop under relative noise on the numeric inputs."""
+    X, y = data.features(frame), data.labels(frame)
+    base = _metric("accuracy", y, _proba(model, X))
+    noisy = _metric("accuracy", y, _proba(model, perturb(X, policy.robustness_noise)))
+    return _bound(
+        "robustness_drop",
+        max(base - noisy, 0.0),
+        policy.robustness_max_drop,
+        "<=",
+        f"accuracy {base:.4f} -> {noisy:.4f} with {policy.robustness_noise:.0%} noise",
+    )
+
+
+def check_invariance(model, frame: pd.DataFrame, policy: Policy) -> Check:
+    """Changing irrelevant columns (customerID, gender) keeps every probability."""
+    X = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].copy()
+    base = _proba(model, X)
+    changed = X.copy()
+    rng = np.random.default_rng(11)
+    for col in policy.invariance_columns:
+        if col == schema.ID_COLUMN:
+            changed[col] = [f"{i:04d}-INVAR" for i in rng.integers(0, 10000, len(X))]
+        else:
+            vocab = list(schema.feature(col).values)
+            changed[col] = changed[col].map(
+                lambda v, vocab=vocab: vocab[(vocab.index(v) + 1) % len(vocab)]
+            )
+    delta = float(np.max(np.abs(_proba(model, changed) - base)))
+    return _bound(
+        "invariance",
+        delta,
+        policy.invariance_tolerance,
+        "<=",
+        f"max probability change after changing {', '.join(policy.invariance_columns)}",
+    )
+
+
+def check_directional(model, frame: pd.DataFrame, policy: Policy) -> Check:
+    """A two-year contract must not raise churn probability over month-to-month."""
+    X = data.features(frame)
+    p_m2m = _proba(model, X.assign(Contract="Month-to-month"))
+    p_two = _proba(model, X.assign(Contract="Two year"))
+    share = float(np.mean(p_two > p_m2m + 1e-12))
+    return _bound(
+        "directional",
+        share,
+        policy.directional_max_violations,
+        "<=",
+        "share of customers whose churn probability rises from month-to-month to two-year",
+    )
+
+
+def check_champion(
+    registry: Registry, version: int, model, frame: pd.DataFrame, policy: Policy
+) -> Check:
+    """Candidate vs the current production version on the candidate's evaluation snapshot."""
+    champion = registry.holder(PRODUCTION)
+    if champion is None or champion == version:
+        why = "no production version yet" if champion is None else "the candidate is production"
+        return Check("champion", "skip", None, -policy.champion_tolerance, ">=", why)
+    X, y = data.features(frame), data.labels(frame)
+    mine = _metric(policy.champion_metric, y, _proba(model, X))
+    theirs = _metric(policy.champion_metric, y, _proba(registry.load_model(champion), X))
+    return _bound(
+        "champion",
+        mine - theirs,
+        -policy.champion_tolerance,
+        ">=",
+        f"{policy.champion_metric} v{version} {mine:.4f} vs production v{champion} {theirs:.4f}",
+    )
+
+
+def evaluate(registry: Registry, version: str | int, policy: Policy | None = None) -> GateResult:
+    """Run every check of ``policy`` on ``version``, without recording anything."""
+    import mlflow.models
+
+    policy = policy or Policy.load()
+    mv = registry.version(version)
+    number = int(mv.version)
+    model = registry.load_model(number)
+    frame = registry.snapshot(number, "evaluation")
+    X, y = data.features(frame), data.labels(frame)
+    metrics = score(y, _proba(model, X))
+    info = registry._call(mlflow.models.get_model_info, registry.model_uri(number))
+
+    checks = [
+        _bound(
+            "min_eval_rows",
+            len(frame),
+            policy.min_eval_rows,
+            ">=",
+            "rows in the evaluation snapshot",
+        ),
+        _bound("accuracy", metrics["accuracy"], policy.accuracy_min, ">=", "evaluation snapshot"),
+        _bound("roc_auc", metrics["roc_auc"], policy.roc_auc_min, ">=", "evaluation snapshot"),
+        check_signature(info.signature),
+        check_latency(model, X, policy),
+        check_slices(model, frame, policy),
+        check_robustness(model, frame, policy),
+        check_invariance(model, frame, policy),
+        check_directional(model, frame, policy),
+        check_champion(registry, number, model, frame, policy),
+    ]
+    return GateResult(registry.model_name, number, checks, policy.to_dict())
+
+
+def record(registry: Registry, result: GateResult) -> None:
+    """Write the verdict and each check as version tags, and the JSON on the version's run."""
+    client, name, version = registry.client, registry.model_name, str(result.version)
+    registry._call(client.set_model_version_tag, name, version, GATE_TAG, "pending")
+    for check in result.checks:
+        registry._call(
+            client.set_model_version_tag, name, version, f"churnlab.gate.{check.name}", check.status
+        )
+    mv = registry.version(result.version)
+    registry._call(client.log_dict, mv.run_id, result.to_dict(), f"gate/v{version}.json")
+    # the verdict last: a version is never marked passed before its evidence is written
+    registry._call(client.set_model_version_tag, name, version, GATE_TAG, result.verdict)
+
+
+def run_gate(
+    version: str | int,
+    *,
+    registry: Registry | None = None,
+    policy: Policy | None = None,
+) -> GateResult:
+    """Evaluate ``version`` against ``policy`` and record the outcome on the version."""
+    registry = registry or Registry()
+    result = evaluate(registry, version, policy)
+    record(registry, result)
+    return result

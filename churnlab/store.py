@@ -1,0 +1,153 @@
+"""Where the registry lives: the embedded store under the project, or a tracking server.
+
+With ``MLFLOW_TRACKING_URI`` unset every entry point uses one sqlite database and one
+artifact folder under ``<project>/.churnlab/`` (``CHURNLAB_HOME`` moves it). With it set,
+the same code talks to that server, authenticated by MLflow's own variables
+(``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``).
+Nothing here runs at import: entry points call :func:`configure`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from churnlab.errors import RegistryUnavailable
+
+DEFAULT_MODEL_NAME = "churn-model"
+EXPERIMENT_NAME = "churnlab"
+SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+
+# Fail fast against an unreachable server instead of MLflow's minutes of retries;
+# a user who sets these variables keeps their own values.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+_QUIET_DEFAULTS = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "GIT_PYTHON_REFRESH": "quiet",
+}
+
+
+def project_root() -> Path:
+    """The checkout this package belongs to (falls back to the working directory)."""
+    here = Path(__file__).resolve().parent.parent
+    if (here / "pyproject.toml").exists():
+        return here
+    return Path.cwd()
+
+
+def home() -> Path:
+    """The embedded store's folder: ``$CHURNLAB_HOME`` or ``<project>/.churnlab``."""
+    env = os.environ.get("CHURNLAB_HOME")
+    return Path(env).expanduser().resolve() if env else project_root() / ".churnlab"
+
+
+def is_remote() -> bool:
+    """True when ``MLFLOW_TRACKING_URI`` names a tracking server."""
+    return bool(os.environ.get("MLFLOW_TRACKING_URI", "").strip())
+
+
+def tracking_uri() -> str:
+    """The tracking and registry URI every entry point uses."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if env:
+        return env
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def artifact_root() -> str | None:
+    """Artifact location for the embedded store (None: the server decides)."""
+    if is_remote() and not tracking_uri().startswith("sqlite:"):
+        return None
+    return (home() / "artifacts").as_uri()
+
+
+def redact(text: str) -> str:
+    """Remove credentials from a URI or message: user:password@, token=… and secret values."""
+    text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+    text = re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]+", r"\1***", text)
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def display_uri() -> str:
+    """The tracking URI as safe to print."""
+    return redact(tracking_uri())
+
+
+def quiet() -> None:
+    """Silence MLflow's INFO lines, progress bars and deliberate deprecation notices."""
+    for key, value in _QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    for name in ("mlflow", "alembic", "urllib3", "git", "skops", "numexpr"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", message=r".*Hint: Inferred schema contains integer.*")
+
+
+def configure() -> str:
+    """Point MLflow at the churnlab store, quietly; return the tracking URI.
+
+    Called by every entry point (CLI, notebooks, server, tests). Creates the embedded
+    store's folder when it is used.
+    """
+    quiet()
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not is_remote():
+        home().mkdir(parents=True, exist_ok=True)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def check_reachable(timeout: float = 5.0) -> None:
+    """Raise :class:`RegistryUnavailable` when a tracking server does not answer."""
+    uri = tracking_uri()
+    scheme = urlsplit(uri).scheme
+    if scheme not in ("http", "https"):
+        return
+    import requests
+
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        requests.get(health, timeout=timeout)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__
+        raise RegistryUnavailable(
+            f"cannot reach the MLflow tracking server at {display_uri()} ({reason})"
+        ) from None
+
+
+def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
+    """Return the id of the churnlab experiment, creating it with the right artifact root."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root())
+    except Exception:  # another process created it first
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id

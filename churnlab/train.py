@@ -1,0 +1,318 @@
+"""Train a candidate: fit a scikit-learn Pipeline, log it with its evidence, register it.
+
+A candidate is a new registered version of the model. Nothing here moves a stage: that is
+the gate's and the registry's business.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnlab import data as data_mod
+from churnlab import schema, store
+from churnlab.errors import InputError
+from churnlab.metrics import CostMatrix, confusion, score
+
+ESTIMATORS = ("logreg", "forest", "gbm")
+MODEL_ARTIFACT = "model"
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced."""
+
+    run_id: str
+    model_name: str
+    model_version: int
+    estimator: str
+    metrics: dict[str, float]
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    git_commit: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line JSON the CLI prints."""
+        return {
+            "run_id": self.run_id,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "estimator": self.estimator,
+            "metrics": self.metrics,
+        }
+
+
+def build_pipeline(estimator: str = "logreg", params: dict[str, Any] | None = None, seed: int = 42):
+    """Preprocessing (one-hot categoricals, scaled numerics) plus the chosen classifier.
+
+    ``estimator`` is one of ``ESTIMATORS``; ``params`` go to the classifier.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    if estimator not in ESTIMATORS:
+        raise InputError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
+    params = dict(params or {})
+    categories = [list(schema.feature(c).values) for c in schema.CATEGORICAL]
+    pre = ColumnTransformer(
+        [
+            (
+                "categorical",
+                OneHotEncoder(categories=categories, handle_unknown="ignore", sparse_output=False),
+                list(schema.CATEGORICAL),
+            ),
+            ("numeric", StandardScaler(), list(schema.NUMERIC)),
+        ],
+        remainder="drop",
+    )
+    if estimator == "logreg":
+        clf = LogisticRegression(**{"C": 1.0, "max_iter": 1000, **params})
+    elif estimator == "forest":
+        clf = RandomForestClassifier(
+            **{
+                "n_estimators": 200,
+                "min_samples_leaf": 5,
+                "random_state": seed,
+                "n_jobs": 1,
+                **params,
+            }
+        )
+    else:
+        clf = HistGradientBoostingClassifier(
+            **{"max_iter": 150, "learning_rate": 0.08, "random_state": seed, **params}
+        )
+    return Pipeline([("preprocess", pre), ("classifier", clf)])
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit of the code (``+dirty`` when the tree has changes), or None outside git."""
+    root = root or store.project_root()
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "churnlab", "serving"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
+
+
+def pip_requirements() -> list[str]:
+    """The model's runtime requirements, pinned to what trained it (never the test tools)."""
+    from importlib.metadata import version
+
+    return [
+        f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "numpy", "pandas", "skops")
+    ]
+
+
+def signature(example: pd.DataFrame, proba: np.ndarray):
+    """Model signature: inputs from the feature schema, outputs the churn probabilities."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1, 2))])
+    return ModelSignature(inputs=schema.input_schema(), outputs=outputs)
+
+
+def train_candidate(
+    frame: pd.DataFrame | None = None,
+    *,
+    model_name: str = store.DEFAULT_MODEL_NAME,
+    estimator: str = "logreg",
+    params: dict[str, Any] | None = None,
+    seed: int = data_mod.DEFAULT_SEED,
+    rows: int = data_mod.DEFAULT_ROWS,
+    costs: CostMatrix | None = None,
+    description: str = "",
+    data_source: str | None = None,
+) -> TrainResult:
+    """Fit, evaluate, log and register one candidate version of ``model_name``.
+
+    ``frame`` is a validated Telco-layout frame (``data.load_csv``); without it the seeded
+    synthetic generator makes ``rows`` customers. The data are split into training,
+    evaluation and drift-reference snapshots, each logged with its digest.
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    costs = costs or CostMatrix()
+    pipeline = build_pipeline(estimator, params, seed)  # validates the estimator up front
+    if frame is None:
+        frame = data_mod.generate(rows, seed)
+        data_source = data_source or f"synthetic:seed={seed},rows={rows}"
+    else:
+        frame = data_mod.validate(frame, source=data_source or "data")
+    parts = data_mod.split(frame, seed=seed)
+
+    store.configure()
+    store.check_reachable()
+    experiment_id = store.ensure_experiment()
+    snap_dir = store.home() / "snapshots" if not store.is_remote() else None
+
+    X_train, y_train = data_mod.features(parts["training"]), data_mod.labels(parts["training"])
+    X_eval, y_eval = data_mod.features(parts["evaluation"]), data_mod.labels(parts["evaluation"])
+    pipeline.fit(X_train, y_train)
+    proba = pipeline.predict_proba(X_eval)[:, 1]
+    metrics = score(y_eval, proba, costs)
+    counts = confusion(y_eval, proba >= 0.5)
+    commit = git_commit()
+
+    from churnlab import plots
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(snap_dir) if snap_dir else Path(tmp)
+        snaps = {kind: data_mod.write_snapshot(part, kind, folder) for kind, part in parts.items()}
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.set_tags(
+                {
+                    "churnlab.estimator": estimator,
+                    "churnlab.data_source": data_source or "dataframe",
+                    "mlflow.source.git.commit": commit or "unknown",
+                    "git_commit": commit or "unknown",
+                }
+            )
+            mlflow.log_params(
+                {
+                    "estimator": estimator,
+                    "seed": seed,
+                    "rows": len(frame),
+                    **{f"clf_{k}": v for k, v in (params or {}).items()},
+                    **costs.as_params(),
+                }
+            )
+            mlflow.log_metrics(metrics)
+            for kind, snap in snaps.items():
+                mlflow.log_artifact(str(snap.path), artifact_path="data")
+                with warnings.catch_warnings():  # a file URI fits two source types; either is right
+                    warnings.simplefilter("ignore", UserWarning)
+                    ds = mlflow.data.from_pandas(
+                        parts[kind],
+                        source=mlflow.get_artifact_uri(f"data/{snap.path.name}"),
+                        targets=schema.TARGET,
+                        name=f"{kind}-{snap.digest}",
+                        digest=snap.digest,
+                    )
+                mlflow.log_input(ds, context=kind)
+                mlflow.set_tag(f"churnlab.data.{kind}", snap.digest)
+            fig = plots.roc_curve(y_eval, proba)
+            mlflow.log_figure(fig, "plots/roc_curve.png")
+            fig2 = plots.confusion_matrix(counts)
+            mlflow.log_figure(fig2, "plots/confusion_matrix.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            plt.close(fig2)
+            mlflow.log_dict(counts, "metrics/confusion.json")
+            example = X_train.head(3)
+            info = mlflow.sklearn.log_model(
+                pipeline,
+                name=MODEL_ARTIFACT,
+                signature=signature(example, pipeline.predict_proba(example)),
+                input_example=example,
+                pip_requirements=pip_requirements(),
+                pyfunc_predict_fn="predict_proba",
+                skops_trusted_types=trusted_types(pipeline),
+            )
+            run_id = run.info.run_id
+    version = register(model_name, info, run_id, estimator, snaps, metrics, description)
+    return TrainResult(
+        run_id=run_id,
+        model_name=model_name,
+        model_version=version,
+        estimator=estimator,
+        metrics=metrics,
+        snapshots={
+            k: {"digest": s.digest, "rows": s.rows, "file": s.path.name} for k, s in snaps.items()
+        },
+        git_commit=commit,
+    )
+
+
+def trusted_types(pipeline) -> list[str] | None:
+    """The skops types our own pipelines need beyond skops' defaults (tree node storage).
+
+    Only types on a reviewed allow-list are trusted; anything else fails the save loudly.
+    """
+    import skops.io
+
+    allowed = {
+        "sklearn.tree._tree.Tree",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.skops"
+        skops.io.dump(pipeline, path)
+        untrusted = set(skops.io.get_untrusted_types(file=path))
+    extra = untrusted - allowed
+    if extra:
+        raise InputError(f"the pipeline holds types skops does not trust: {sorted(extra)}")
+    return sorted(untrusted) or None
+
+
+def register(name, info, run_id, estimator, snaps, metrics, description="") -> int:
+    """Create a new version of registered model ``name`` from a logged model; return it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(
+            name, description="Customer-churn classifier managed by churnlab."
+        )
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    tags = {
+        "churnlab.estimator": estimator,
+        "churnlab.gate.verdict": "pending",
+        "churnlab.smoke.verdict": "none",
+        **{f"churnlab.data.{k}": s.digest for k, s in snaps.items()},
+    }
+    text = description or f"{estimator} candidate; evaluation accuracy {metrics['accuracy']:.3f}"
+    mv = client.create_model_version(
+        name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=text,
+        await_creation_for=60,
+        model_id=info.model_id,
+    )
+    return int(mv.version)
+
+
+def load_training_data(path: str | os.PathLike | None) -> tuple[pd.DataFrame | None, str | None]:
+    """Load ``path`` as a Telco CSV (validated before anything touches the registry)."""
+    if path is None:
+        return None, None
+    return data_mod.load_csv(path), Path(path).name
+
+
+def result_json(result: TrainResult) -> str:
+    """One JSON line with run id, version and metrics."""
+    return json.dumps(result.summary(), sort_keys=True)
+
+
+__all__ = ["ESTIMATORS", "TrainResult", "build_pipeline", "train_candidate"]

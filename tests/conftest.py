@@ -1,0 +1,102 @@
+"""Shared fixtures: every test gets its own embedded registry under a temporary folder.
+
+Training is the slow part, so one session-wide template registry is trained once and
+each test that needs trained versions gets a copy of its database (the artifacts it
+points at are only read).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from churnlab import store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """A private CHURNLAB_HOME; the tracking server variables are cleared."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("CHURNLAB_HOME", str(home))
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CHURNLAB_ACTOR", "pytest")
+    store.configure()
+    return home
+
+
+def _copy_db(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(src / "mlflow.db") as a, sqlite3.connect(dst / "mlflow.db") as b:
+        a.backup(b)
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory) -> Path:
+    """A registry with two trained versions: v1 logistic regression, v2 random forest."""
+    from churnlab import train
+
+    home = tmp_path_factory.mktemp("template")
+    old = {k: os.environ.get(k) for k in ("CHURNLAB_HOME", "MLFLOW_TRACKING_URI")}
+    os.environ["CHURNLAB_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        train.train_candidate(estimator="logreg", rows=3000)
+        train.train_candidate(estimator="forest", rows=3000, params={"n_estimators": 60})
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return home
+
+
+@pytest.fixture
+def trained_home(template_home, isolated_home) -> Path:
+    """This test's own copy of the template registry (v1 logreg, v2 forest, nothing staged)."""
+    _copy_db(template_home, isolated_home)
+    store.configure()
+    return isolated_home
+
+
+@pytest.fixture
+def registry(trained_home):
+    from churnlab.registry import Registry
+
+    return Registry()
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run the real `churnlab` console script; return the CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("churnlab")
+    return subprocess.run(
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+@pytest.fixture
+def clean_copy(tmp_path) -> Path:
+    """An empty working folder (to check nothing is left behind in the cwd)."""
+    folder = tmp_path / "cwd"
+    folder.mkdir()
+    return folder
