@@ -37,6 +37,7 @@ workbook: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --nbval notebooks/ --nbval-current-env --nbval-sanitize-with notebooks/nbval.cfg
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
@@ -49,10 +50,17 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 lab: $(STAMP)
-	cd notebooks && $(BIN)/jupyter lab
+	cd notebooks && $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1
 
 mlflow-ui: $(STAMP)
 	$(BIN)/churnlab ui
+
+# Speed against `mlflow models serve`, and the workbook's wall time (needs Debian's wrk);
+# prints the tables and writes reports/bench/*.json. Not part of `make test`.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 2; }
+	$(PY) -m benchmarks.serving $(BENCH_ARGS)
+	$(PY) -m benchmarks.pipeline
 
 clean:
 	rm -rf .churnlab reports/*.html reports/executed reports/bench

@@ -198,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     store.quiet()
     try:
+        store.check_reachable()  # before the heavy imports: a dead server fails in seconds
         return int(args.func(args) or 0)
     except ChurnlabError as exc:
         print(f"churnlab: {store.redact(str(exc))}", file=sys.stderr)

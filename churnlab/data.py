@@ -8,6 +8,7 @@ published and refuses anything else with a message naming the offending columns.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 from dataclasses import dataclass
@@ -49,7 +50,10 @@ def generate(n: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED, drift: float = 0.0
         _choice(rng, yes_no, [0.90, 0.10], n),
     )
     m2m = 0.55 + 0.25 * drift
-    contract = _choice(rng, ("Month-to-month", "One year", "Two year"), [m2m, 0.21, 0.79 - m2m], n)
+    one_year = 0.21 - 0.1 * drift  # shares stay non-negative up to drift=1
+    contract = _choice(
+        rng, ("Month-to-month", "One year", "Two year"), [m2m, one_year, 1.0 - m2m - one_year], n
+    )
     # tenure depends on the contract: long contracts belong to long-standing customers
     scale = np.select(
         [contract == "Month-to-month", contract == "One year"], [18.0, 40.0], 57.0
@@ -174,12 +178,15 @@ def load_csv(path: str | Path) -> pd.DataFrame:
     raw = path.read_bytes()
     if not raw.strip():
         raise InputError(f"{path}: the file is empty")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw:
+        raise InputError(f"{path}: UTF-16 or binary data, not UTF-8 text; save the CSV as UTF-8")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InputError(
             f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8"
         ) from None
+    _check_complete_rows(text, path)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -188,11 +195,48 @@ def load_csv(path: str | Path) -> pd.DataFrame:
     return validate(frame, source=str(path))
 
 
+def _check_complete_rows(text: str, path: Path) -> None:
+    """Refuse rows with fewer fields than the header (a truncated or cut-off file).
+
+    pandas pads such rows with blanks, which would otherwise surface as confusing
+    "values outside" errors on every column after the cut.
+    """
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader, [])
+        if len(header) == 1:
+            for sep in (";", "\t", "|"):
+                if sep in header[0]:
+                    raise InputError(
+                        f"{path}: fields are separated by {sep!r}; expected commas (CSV)"
+                    )
+        for row in reader:
+            if len(row) > len(header):
+                raise InputError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields but the header "
+                    f"has {len(header)}"
+                )
+            if row and len(row) < len(header):
+                raise InputError(
+                    f"{path}: line {reader.line_num} has {len(row)} of {len(header)} fields; "
+                    "the file looks truncated"
+                )
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+
+
 def validate(frame: pd.DataFrame, source: str = "data") -> pd.DataFrame:
     """Check and coerce a frame of strings or values to the schema; return a new frame."""
     frame = frame.rename(columns=lambda c: str(c).strip())
     required = [c for c in schema.CSV_COLUMNS if c != schema.ID_COLUMN]
     missing = [c for c in required if c not in frame.columns]
+    if len(missing) == len(required):
+        header = ",".join(str(c) for c in frame.columns)
+        raise InputError(
+            f"{source}: none of the Telco churn columns in the header "
+            f"({header[:60]!r}); expected {', '.join(schema.CSV_COLUMNS[:3])}, ..., "
+            f"{schema.TARGET}"
+        )
     if missing:
         raise InputError(f"{source}: missing columns {missing}; expected the Telco churn layout")
     if len(frame) == 0:

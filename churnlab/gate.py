@@ -8,6 +8,7 @@ on its run). A failed gate moves nothing: the version stays registered and unsta
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -45,6 +46,7 @@ class Policy:
     directional_max_violations: float = 0.0
     champion_metric: str = "roc_auc"
     champion_tolerance: float = 0.01
+    onnx_parity_max: float = 1e-9
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Policy:
@@ -86,8 +88,12 @@ class Policy:
                 elif isinstance(default, bool):
                     clean[name] = str(value).lower() in ("1", "true", "yes")
                 elif isinstance(default, int):
+                    if isinstance(value, bool) or (isinstance(value, float) and value % 1):
+                        raise ValueError(value)  # YAML `true` or `2.5` is not a count
                     clean[name] = int(value)
                 elif isinstance(default, float):
+                    if isinstance(value, bool) or not math.isfinite(float(value)):
+                        raise ValueError(value)  # YAML `true` or `.nan` is not a threshold
                     clean[name] = float(value)
                 else:
                     clean[name] = str(value)
@@ -195,15 +201,26 @@ def check_signature(signature) -> Check:
     return Check("signature", "fail", "differs", "feature schema", "==", f"difference: {diff}")
 
 
-def check_latency(model, X: pd.DataFrame, policy: Policy) -> Check:
-    """p95 of single-row predictions, in milliseconds."""
-    rows = [X.iloc[[i % len(X)]] for i in range(policy.latency_samples + 10)]
-    for row in rows[:10]:
-        model.predict_proba(row)
+def check_latency(model, X: pd.DataFrame, policy: Policy, scorer=None) -> Check:
+    """p95 of single-row predictions, in milliseconds.
+
+    Times ``scorer`` (what the server will run, record by record) when given, else the
+    scikit-learn pipeline on one-row frames.
+    """
+    n = policy.latency_samples + 10
+    if scorer is not None:
+        records = X.head(n).to_dict(orient="records")
+        calls = [[records[i % len(records)]] for i in range(n)]
+        predict, what = scorer.score_records, f"served {scorer.kind} scorer"
+    else:
+        calls = [X.iloc[[i % len(X)]] for i in range(n)]
+        predict, what = model.predict_proba, "scikit-learn pipeline"
+    for call in calls[:10]:
+        predict(call)
     times = []
-    for row in rows[10:]:
+    for call in calls[10:]:
         start = time.perf_counter()
-        model.predict_proba(row)
+        predict(call)
         times.append((time.perf_counter() - start) * 1000)
     p95 = float(np.percentile(times, 95))
     return _bound(
@@ -211,7 +228,8 @@ def check_latency(model, X: pd.DataFrame, policy: Policy) -> Check:
         p95,
         policy.latency_p95_ms,
         "<=",
-        f"{policy.latency_samples} single-row calls; p50 {np.percentile(times, 50):.2f} ms",
+        f"{policy.latency_samples} single-row calls of the {what}; "
+        f"p50 {np.percentile(times, 50):.2f} ms",
     )
 
 
@@ -330,6 +348,49 @@ def check_champion(
     )
 
 
+def check_onnx_parity(
+    registry: Registry, version: int, model, frame: pd.DataFrame, policy: Policy
+) -> Check:
+    """The version's ONNX graph (what the server runs) gives the pipeline's probabilities.
+
+    Compared on the evaluation snapshot and on a noisy copy of it (values off the training
+    grid, nearer the trees' thresholds).
+    """
+    from churnlab import onnx_export
+    from churnlab.scoring import Scorer
+
+    limit = policy.onnx_parity_max
+    if not (registry.version(version).tags or {}).get(onnx_export.VERSION_TAG):
+        why = "no ONNX artifact: the scikit-learn pipeline is served"
+        return Check("onnx_parity", "skip", None, limit, "<=", why)
+    X = data.features(frame)
+    try:
+        graph = Scorer.from_registry(registry, version, kind="onnx").model
+        delta = max(
+            onnx_export.max_difference(model, graph, X),
+            onnx_export.max_difference(model, graph, perturb(X, policy.robustness_noise)),
+        )
+    except Exception as exc:  # an unreadable graph fails the check, it does not crash the gate
+        return Check("onnx_parity", "fail", None, limit, "<=", f"cannot run the ONNX graph: {exc}")
+    return Check(
+        "onnx_parity",
+        "pass" if delta <= limit else "fail",
+        float(f"{delta:.3g}"),
+        limit,
+        "<=",
+        f"max churn-probability difference, ONNX vs scikit-learn, on {2 * len(X)} rows",
+    )
+
+
+def _served_scorer(registry: Registry, version: int, parity: Check):
+    """The ONNX scorer the server will run once parity is proven, else None (sklearn)."""
+    if parity.status != "pass":
+        return None
+    from churnlab.scoring import Scorer
+
+    return Scorer.from_registry(registry, version, kind="onnx")
+
+
 def evaluate(registry: Registry, version: str | int, policy: Policy | None = None) -> GateResult:
     """Run every check of ``policy`` on ``version``, without recording anything."""
     import mlflow.models
@@ -354,7 +415,8 @@ def evaluate(registry: Registry, version: str | int, policy: Policy | None = Non
         _bound("accuracy", metrics["accuracy"], policy.accuracy_min, ">=", "evaluation snapshot"),
         _bound("roc_auc", metrics["roc_auc"], policy.roc_auc_min, ">=", "evaluation snapshot"),
         check_signature(info.signature),
-        check_latency(model, X, policy),
+        parity := check_onnx_parity(registry, number, model, frame, policy),
+        check_latency(model, X, policy, _served_scorer(registry, number, parity)),
         check_slices(model, frame, policy),
         check_robustness(model, frame, policy),
         check_invariance(model, frame, policy),

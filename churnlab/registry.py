@@ -31,6 +31,7 @@ ALIASES: dict[str, str] = {STAGING: "Staging", PRODUCTION: "Production"}
 EVENT_PREFIX = "churnlab.event."
 GATE_TAG = "churnlab.gate.verdict"
 SMOKE_TAG = "churnlab.smoke.verdict"
+MAX_REASON = 2000  # characters; an event is stored in one registered-model tag
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Registry:
 
         if client is None:
             store.configure()
+            store.check_reachable()  # a server that does not answer fails in seconds
         self.model_name = model_name
         self.client = client or MlflowClient()
 
@@ -227,6 +229,9 @@ class Registry:
                     f"{_v(last[-1].to_version) if last else 'nothing'} but the alias names {_v(holder)}"
                 )
             out["stages"][alias] = entry
+        both = out["stages"][STAGING]["version"]
+        if both is not None and both == out["stages"][PRODUCTION]["version"]:
+            problems.insert(0, f"aliases staging and production both name {_v(both)}")
         out["consistent"] = not problems
         out["problems"] = problems
         return out
@@ -345,6 +350,8 @@ class Registry:
 
     def _move(self, alias: str, version: int, action: str, reason: str, override: bool) -> Move:
         stage = ALIASES[alias]
+        if len(reason) > MAX_REASON:  # refused up front: the event must fit in its tag
+            raise InputError(f"--reason is {len(reason)} characters; at most {MAX_REASON}")
         with self._lock():
             before = self.holder(alias)
             if before == version:
@@ -359,11 +366,26 @@ class Registry:
             self._record(event)
             if left_staging:
                 self._record(self._event(STAGING, version, None, "unstage", f"moved to {stage}"))
+            self._converge(alias, version)
         verb = {"stage": "Staged", "promote": "Promoted", "rollback": "Rolled back"}[action]
         archived = f" (archived v{before})" if before is not None else ""
         note = f" [override: {reason}]" if override else ""
         message = f"{verb} {self.model_name} v{version} -> {stage}{archived}{note}"
         return Move(event, message, archived=before)
+
+    def _converge(self, alias: str, version: int) -> None:
+        """After a move without a lock: if another mover set the alias after us, make the
+        history end on the version the alias names (our event may have landed after theirs).
+        """
+        holder = self.holder(alias)
+        if holder == version:
+            return
+        self.mirror()
+        self._record(
+            self._event(
+                alias, version, holder, "repair", f"another move set {alias} at the same time"
+            )
+        )
 
     def _require(
         self, version: int, needs: tuple[str, ...], target: str, override: bool, reason: str
@@ -431,6 +453,11 @@ class Registry:
         with self._lock():
             before = self.status()
             if not before["consistent"]:
+                both = self.holder(PRODUCTION)
+                if both is not None and self.holder(STAGING) == both:
+                    # a promotion moved production but stopped before leaving staging
+                    self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
+                    self._record(self._event(STAGING, both, None, "unstage", "moved to Production"))
                 self.mirror()
                 events = self.history()
                 for alias in ALIASES:

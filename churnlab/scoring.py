@@ -2,25 +2,87 @@
 
 The serving backend, the staging smoke check and the verification all score through a
 :class:`Scorer`, so they cannot disagree about how a record becomes a probability.
+
+A scorer runs one of two models of the same version, and says which in ``kind``:
+
+* ``"onnx"`` — the float64 ONNX graph logged with the version (``onnx/model.onnx``), run by
+  onnxruntime straight from the records, without pandas or scikit-learn. About 100 times
+  faster per call. Chosen only when the gate's ``onnx_parity`` check passed on the version,
+  i.e. the graph was shown to give the scikit-learn pipeline's probabilities.
+* ``"sklearn"`` — the logged scikit-learn pipeline; the fallback for versions without an
+  ONNX artifact or whose parity was not (yet) proven. ``reason`` says why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
-from churnlab import schema
+from churnlab import onnx_export, schema
+from churnlab.errors import ChurnlabError, InputError
 from churnlab.metrics import THRESHOLD
 
+Kind = Literal["onnx", "sklearn"]
+KINDS = ("auto", "onnx", "sklearn")
+#: The gate records its ONNX parity check under this version tag (pass / fail / skip).
+PARITY_TAG = "churnlab.gate.onnx_parity"
 
-def records_to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+
+def records_to_frame(records: Sequence[dict[str, Any]]):
     """Customer records (dicts keyed by feature name) as a model input frame."""
+    import pandas as pd
+
     frame = pd.DataFrame.from_records(list(records), columns=list(schema.FEATURE_NAMES))
     return frame.astype(schema.pandas_dtypes())
+
+
+_CATEGORICAL = itemgetter(*schema.CATEGORICAL)
+_NUMERIC = itemgetter(*schema.NUMERIC)
+
+
+def records_to_inputs(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The ONNX graph's two inputs from records: ``[N, 14]`` strings, ``[N, 4]`` doubles.
+
+    Keys a record has beyond the features (``customerID``, ``gender``) are ignored; a
+    missing feature or a non-numeric number raises :class:`InputError` naming it. A
+    categorical value outside the vocabulary (even a number) scores as unknown, as in the
+    pipeline's encoder.
+    """
+    try:
+        categorical_rows = list(map(_CATEGORICAL, records))
+        numeric_rows = list(map(_NUMERIC, records))
+    except KeyError:
+        needed = (*schema.CATEGORICAL, *schema.NUMERIC)
+        row, name = next((i, n) for i, r in enumerate(records) for n in needed if n not in r)
+        raise InputError(f"record {row} has no {name!r}") from None
+    except TypeError:
+        raise InputError("each record must be an object keyed by feature name") from None
+    try:
+        numeric = np.array(numeric_rows, dtype=np.float64)  # None becomes NaN
+    except (TypeError, ValueError):
+        numeric = None
+    if numeric is None or not np.isfinite(numeric).all():
+        bad = [n for n in schema.NUMERIC if not all(_is_number(r[n]) for r in records)]
+        name = (bad or ["each numeric feature"])[0]
+        raise InputError(f"{name} must be a finite number in every record")
+    try:
+        categorical = np.array(categorical_rows, dtype=object)
+    except ValueError:
+        categorical = None
+    if categorical is None or categorical.shape != (len(records), len(schema.CATEGORICAL)):
+        raise InputError("categorical features must be single values, not lists")
+    return {onnx_export.CATEGORICAL_INPUT: categorical, onnx_export.NUMERIC_INPUT: numeric}
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -31,20 +93,91 @@ class Scorer:
     version: int
     run_id: str
     model: Any
-    kind: str = "sklearn"
+    kind: Kind = "sklearn"
+    reason: str = ""
 
     @classmethod
-    def from_registry(cls, registry, version: int) -> Scorer:
-        """Load ``version`` of ``registry``'s model from the registry's artifact store."""
-        mv = registry.version(version)
-        model = registry.load_model(int(mv.version))
-        return cls(registry.model_name, int(mv.version), mv.run_id, model)
+    def from_registry(cls, registry, version: int, kind: str = "auto") -> Scorer:
+        """Load ``version`` of ``registry``'s model from the registry's artifact store.
 
-    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        ``kind="auto"`` serves the ONNX graph when the gate proved its parity, else the
+        scikit-learn pipeline; ``"onnx"`` or ``"sklearn"`` ask for one (the gate's parity
+        check uses both).
+        """
+        if kind not in KINDS:
+            raise InputError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+        mv = registry.version(version)
+        number, tags = int(mv.version), mv.tags or {}
+        artifact = tags.get(onnx_export.VERSION_TAG)
+        if kind == "auto":
+            kind, reason = _choose(artifact, tags.get(PARITY_TAG))
+        elif kind == "onnx" and not artifact:
+            raise InputError(f"{registry.model_name} v{number} has no ONNX artifact")
+        else:
+            reason = f"{kind} asked for"
+        model: Any = None
+        if kind == "onnx":
+            try:
+                model = onnx_export.OnnxModel(_download(registry, mv.run_id, artifact))
+            except ChurnlabError as exc:
+                if reason == "onnx asked for":
+                    raise
+                kind, reason = "sklearn", f"the ONNX artifact is unusable: {exc}"
+        if model is None:
+            model = registry.load_model(number)
+        return cls(registry.model_name, number, mv.run_id, model, kind, reason)
+
+    def predict_proba(self, frame) -> np.ndarray:
         """Churn probability per row of a model input frame."""
         return np.asarray(self.model.predict_proba(frame)[:, 1], dtype=np.float64)
 
+    def churn_probability(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Churn probability per record (extra keys such as ``customerID`` are ignored)."""
+        if not records:
+            return np.zeros(0, dtype=np.float64)
+        if self.kind == "onnx":
+            return self.model.churn_probability(records_to_inputs(records))
+        return self.predict_proba(records_to_frame(records))
+
     def score_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """``[{"churn_probability": p, "churn": p >= 0.5}, ...]`` for each record."""
-        proba = self.predict_proba(records_to_frame(records))
-        return [{"churn_probability": float(p), "churn": bool(p >= THRESHOLD)} for p in proba]
+        proba = self.churn_probability(records).tolist()
+        return [{"churn_probability": p, "churn": p >= THRESHOLD} for p in proba]
+
+
+def _choose(artifact: str | None, parity: str | None) -> tuple[Kind, str]:
+    """Which model ``auto`` serves, and why."""
+    if not artifact:
+        return "sklearn", "the version has no ONNX artifact"
+    if parity == "pass":
+        return "onnx", "ONNX artifact whose parity the gate checked"
+    if parity in ("fail", "skip"):
+        return (
+            "sklearn",
+            f"the gate's ONNX parity check {'failed' if parity == 'fail' else 'was skipped'}",
+        )
+    return "sklearn", "ONNX parity not yet checked by the gate"
+
+
+def _download(registry, run_id: str, artifact: str) -> bytes:
+    """The bytes of one artifact of ``run_id``, from wherever the registry keeps artifacts."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow.artifacts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = registry._call(
+                mlflow.artifacts.download_artifacts,
+                run_id=run_id,
+                artifact_path=artifact,
+                dst_path=tmp,
+            )
+        except ChurnlabError:
+            raise
+        except Exception as exc:  # MlflowException or OSError: the artifact is not there
+            raise InputError(
+                f"cannot read {artifact} of run {run_id} ({type(exc).__name__})"
+            ) from None
+        return Path(path).read_bytes()

@@ -22,17 +22,20 @@ DEFAULT_MODEL_NAME = "churn-model"
 EXPERIMENT_NAME = "churnlab"
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
-# Fail fast against an unreachable server instead of MLflow's minutes of retries;
-# a user who sets these variables keeps their own values.
+# Fail fast against an unreachable server instead of MLflow's minutes of retries: a server
+# that stops answering costs at most two 5 s attempts per request, so every command ends
+# within 15 s. A user who sets these variables keeps their own values.
 _HTTP_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
 _QUIET_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_LOGGING_LEVEL": "WARNING",
     "GIT_PYTHON_REFRESH": "quiet",
+    # "View run at <tracking URI>" lines: noise, and the URI may carry credentials
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 
@@ -95,6 +98,8 @@ def quiet() -> None:
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow\..*")
     warnings.filterwarnings("ignore", message=r".*Hint: Inferred schema contains integer.*")
+    # `import mlflow` pulls in tqdm.auto, which warns in a Jupyter kernel without ipywidgets
+    warnings.filterwarnings("ignore", message=r"IProgress not found")
 
 
 def configure() -> str:
@@ -111,8 +116,15 @@ def configure() -> str:
         home().mkdir(parents=True, exist_ok=True)
     import mlflow
 
+    # mlflow.set_*_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI; left there, the
+    # embedded store would look like a server the user chose (is_remote(): no file lock)
+    # and a later CHURNLAB_HOME would be ignored. Keep the environment as the user set it.
+    chosen = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in chosen.items():
+        if value is None:
+            os.environ.pop(key, None)
     return uri
 
 
@@ -134,6 +146,24 @@ def check_reachable(timeout: float = 5.0) -> None:
         raise RegistryUnavailable(
             f"cannot reach the MLflow tracking server at {display_uri()} ({reason})"
         ) from None
+
+
+def dataset_source(artifact_uri: str) -> str:
+    """A dataset source MLflow can resolve for a logged artifact, safe to store.
+
+    A server that proxies artifacts hands out ``mlflow-artifacts:/…`` URIs, which
+    ``mlflow.data`` cannot resolve; they become the server's download URL, without the
+    credentials a tracking URI may carry.
+    """
+    parts = urlsplit(artifact_uri)
+    if parts.scheme != "mlflow-artifacts":
+        return artifact_uri
+    server = urlsplit(tracking_uri())
+    netloc = (parts.netloc or server.netloc).rsplit("@", 1)[-1]
+    scheme = server.scheme if server.scheme in ("http", "https") else "http"
+    prefix = server.path.rstrip("/") if not parts.netloc else ""
+    path = f"{prefix}/api/2.0/mlflow-artifacts/artifacts/{parts.path.lstrip('/')}"
+    return urlunsplit((scheme, netloc, path, "", ""))
 
 
 def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:

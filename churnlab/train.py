@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from churnlab import data as data_mod
-from churnlab import schema, store
+from churnlab import onnx_export, schema, store
 from churnlab.errors import InputError
 from churnlab.metrics import CostMatrix, confusion, score
 
@@ -209,7 +209,9 @@ def train_candidate(
                     warnings.simplefilter("ignore", UserWarning)
                     ds = mlflow.data.from_pandas(
                         parts[kind],
-                        source=mlflow.get_artifact_uri(f"data/{snap.path.name}"),
+                        source=store.dataset_source(
+                            mlflow.get_artifact_uri(f"data/{snap.path.name}")
+                        ),
                         targets=schema.TARGET,
                         name=f"{kind}-{snap.digest}",
                         digest=snap.digest,
@@ -235,8 +237,12 @@ def train_candidate(
                 pyfunc_predict_fn="predict_proba",
                 skops_trusted_types=trusted_types(pipeline),
             )
+            # the same pipeline as a float64 ONNX graph, the fast serving path (see onnx_export)
+            extra_tags = onnx_export.log_artifact(pipeline)
             run_id = run.info.run_id
-    version = register(model_name, info, run_id, estimator, snaps, metrics, description)
+    version = register(
+        model_name, info, run_id, estimator, snaps, metrics, description, extra_tags=extra_tags
+    )
     return TrainResult(
         run_id=run_id,
         model_name=model_name,
@@ -271,7 +277,7 @@ def trusted_types(pipeline) -> list[str] | None:
     return sorted(untrusted) or None
 
 
-def register(name, info, run_id, estimator, snaps, metrics, description="") -> int:
+def register(name, info, run_id, estimator, snaps, metrics, description="", extra_tags=None) -> int:
     """Create a new version of registered model ``name`` from a logged model; return it."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -289,6 +295,7 @@ def register(name, info, run_id, estimator, snaps, metrics, description="") -> i
         "churnlab.gate.verdict": "pending",
         "churnlab.smoke.verdict": "none",
         **{f"churnlab.data.{k}": s.digest for k, s in snaps.items()},
+        **(extra_tags or {}),
     }
     text = description or f"{estimator} candidate; evaluation accuracy {metrics['accuracy']:.3f}"
     mv = client.create_model_version(

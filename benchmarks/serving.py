@@ -1,0 +1,482 @@
+"""Serving benchmark: the churnlab backend against `mlflow models serve`, same version, one run.
+
+Both servers serve the version ``@staging`` holds in a fresh embedded registry (trained,
+gated and staged by the real CLI). Every measurement alternates between the two, so a
+change in machine load hits both. Prints one table and writes reports/bench/serving.json.
+
+    python -m benchmarks.serving [--estimator logreg] [--requests 2000] [--duration 5]
+
+Needs Debian's ``wrk`` for the throughput figures (``apt-get install -y wrk``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    BIN,
+    HOST,
+    ROOT,
+    Server,
+    free_port,
+    machine,
+    machine_line,
+    median,
+    percentile,
+    post,
+    running,
+    table,
+    wait_until_serving,
+    write_json,
+)
+
+MODEL = "churn-model"
+STAGE = "staging"
+LUA = Path(__file__).resolve().parent / "post.lua"
+CONCURRENCY = (1, 8, 32)
+BATCHES = (1000, 10000)
+
+
+class Peer:
+    """How to start one server and talk to it."""
+
+    def __init__(self, name: str, path: str, command: list[str], env: dict[str, str]) -> None:
+        self.name, self.path, self.command, self.env = name, path, command, env
+
+    def body(self, records: list[dict[str, Any]]) -> bytes:
+        raise NotImplementedError
+
+    def probabilities(self, payload: bytes) -> list[float]:
+        raise NotImplementedError
+
+    def server(self) -> Server:
+        port = free_port()
+        command = [part.replace("{port}", str(port)) for part in self.command]
+        return Server(self.name, command, port, self.env)
+
+
+class Churnlab(Peer):
+    def body(self, records):
+        return json.dumps({"records": records}).encode()
+
+    def probabilities(self, payload):
+        return [p["churn_probability"] for p in json.loads(payload)["predictions"]]
+
+
+class MlflowServe(Peer):
+    def __init__(self, *args, columns: list[str]) -> None:
+        super().__init__(*args)
+        self.columns = columns
+
+    def body(self, records):
+        data = [[r[c] for c in self.columns] for r in records]
+        return json.dumps({"dataframe_split": {"columns": self.columns, "data": data}}).encode()
+
+    def probabilities(self, payload):
+        return [row[1] for row in json.loads(payload)["predictions"]]
+
+
+def run(command: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    """Run a CLI step of the setup; stop the benchmark with its output when it fails."""
+    done = subprocess.run(
+        command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    if done.returncode != 0:
+        sys.exit(f"setup step failed: {' '.join(command)}\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def setup(home: Path, estimator: str) -> tuple[dict[str, str], int]:
+    """A fresh registry with one trained, gated, staged version; the environment to use it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["CHURNLAB_HOME"] = str(home)
+    # as in an activated environment (mlflow models serve runs `uvicorn` from PATH)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    churnlab = str(BIN / "churnlab")
+    line = run([churnlab, "train", "--estimator", estimator], env)
+    version = int(json.loads(line.strip().splitlines()[-1])["model_version"])
+    gate = subprocess.run(
+        [churnlab, "gate", str(version)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    if "onnx_parity" not in gate.stdout:
+        sys.exit(f"the gate did not run:\n{gate.stdout}{gate.stderr}")
+    if gate.returncode == 0:
+        run([churnlab, "stage", str(version)], env)
+    else:  # e.g. the in-process latency budget on a busy machine; the version is the same
+        why = "benchmark: " + gate.stdout.strip().splitlines()[-1]
+        run([churnlab, "stage", str(version), "--override", "--reason", why], env)
+    return env, version
+
+
+def workload(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` synthetic customers as request records (the 19 features)."""
+    from churnlab import data, schema
+
+    frame = data.generate(count, seed)[list(schema.FEATURE_NAMES)]
+    return json.loads(frame.to_json(orient="records"))
+
+
+def sequential(conn: http.client.HTTPConnection, path: str, body: bytes, n: int) -> list[float]:
+    """Milliseconds of ``n`` requests, one after the other on one connection.
+
+    One untimed request first, so that a connection the server closed while another was
+    being measured is reopened outside the timing.
+    """
+    post(conn, path, body)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, _ = post(conn, path, body)
+        times.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            raise RuntimeError(f"{path} answered {status}")
+    return times
+
+
+def wrk(port: int, path: str, body: bytes, connections: int, seconds: int) -> dict[str, Any]:
+    """Requests per second from ``wrk`` and its error counts."""
+    with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as handle:
+        handle.write(body)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(LUA),
+                f"http://{HOST}:{port}",
+                "--",
+                path,
+                handle.name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+        ).stdout
+    finally:
+        os.unlink(handle.name)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(x) for x in sockets.groups()) if sockets else 0
+    )
+    if rps is None:
+        raise RuntimeError(f"wrk printed no figures:\n{out}")
+    return {"rps": float(rps.group(1)), "requests": int(total.group(1)), "errors": errors}
+
+
+def server_breakdown(env: dict[str, str]) -> dict[str, Any]:
+    """benchmarks.breakdown in a subprocess: the app's own time on 10,000 rows, by step."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.breakdown", "--stage", STAGE, "--rows", "10000"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmarks.breakdown failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def alternate(items: list, round_: int) -> list:
+    """The peers in one order on even rounds, reversed on odd ones."""
+    return items if round_ % 2 == 0 else items[::-1]
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from churnlab import schema
+
+    info = machine()
+    home = Path(tempfile.mkdtemp(prefix="churnlab-bench-"))
+    logs = home / "logs"
+    logs.mkdir()
+    try:
+        print(f"setting up a registry in {home} ({args.estimator}) ...", flush=True)
+        env, version = setup(home, args.estimator)
+        env_ours = {**env, "MODEL_NAME": MODEL, "MODEL_STAGE": STAGE}
+        ours = Churnlab(
+            "churnlab",
+            "/predict",
+            [str(BIN / "churnlab"), "serve", "--stage", STAGE, "--host", HOST, "--port", "{port}"],
+            env_ours,
+        )
+        theirs = MlflowServe(
+            "mlflow models serve",
+            "/invocations",
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{MODEL}@{STAGE}",
+                "--env-manager",
+                "local",
+                "--host",
+                HOST,
+                "--port",
+                "{port}",
+            ],
+            # the same registry, named the way MLflow's own tools expect
+            {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"},
+            columns=list(schema.FEATURE_NAMES),
+        )
+        peers = [ours, theirs]
+        one = workload(1, 7)
+        batches = {n: workload(n, 2024) for n in BATCHES}
+        results: dict[str, dict[str, Any]] = {p.name: {} for p in peers}
+
+        # -- start-up: process start to first successful prediction (one warm-up start each)
+        print("start-up ...", flush=True)
+        startups: dict[str, list[float]] = {p.name: [] for p in peers}
+        cpu: dict[str, list[float]] = {p.name: [] for p in peers}
+        for round_ in range(args.startup_runs + 1):
+            for peer in alternate(peers, round_):
+                server = peer.server()
+                with running([server]):
+                    server.start(logs / f"startup-{peer.name.split()[0]}-{round_}.log")
+                    seconds = wait_until_serving(server, peer.path, peer.body(one))
+                    cpu_seconds = server.cpu_seconds()
+                if round_ > 0:  # the first round warms the file cache
+                    startups[peer.name].append(seconds)
+                    cpu[peer.name].append(cpu_seconds)
+        for peer in peers:
+            results[peer.name]["startup_s"] = round(median(startups[peer.name]), 3)
+            results[peer.name]["startup_runs_s"] = [round(s, 3) for s in startups[peer.name]]
+            results[peer.name]["startup_cpu_s"] = round(median(cpu[peer.name]), 3)
+
+        # -- steady state: both servers up, measured in turns
+        servers = {p.name: p.server() for p in peers}
+        with running(list(servers.values())):
+            for peer in peers:
+                servers[peer.name].start(logs / f"{peer.name.split()[0]}.log")
+            for peer in peers:
+                wait_until_serving(servers[peer.name], peer.path, peer.body(one))
+            conns = {
+                p.name: http.client.HTTPConnection(HOST, servers[p.name].port, timeout=60)
+                for p in peers
+            }
+            bodies = {p.name: p.body(one) for p in peers}
+            for peer in peers:  # warm-up
+                sequential(conns[peer.name], peer.path, bodies[peer.name], 200)
+
+            # same answers: both serve the same version
+            answers = {}
+            for peer in peers:
+                status, payload = post(conns[peer.name], peer.path, peer.body(batches[1000]))
+                answers[peer.name] = peer.probabilities(payload)
+            diff = max(
+                abs(a - b) for a, b in zip(answers[ours.name], answers[theirs.name], strict=True)
+            )
+
+            print(f"sequential latency, {args.requests} single-row requests each ...", flush=True)
+            latencies: dict[str, list[float]] = {p.name: [] for p in peers}
+            chunk = max(args.requests // 4, 1)
+            for round_ in range(4):
+                for peer in alternate(peers, round_):
+                    latencies[peer.name] += sequential(
+                        conns[peer.name], peer.path, bodies[peer.name], chunk
+                    )
+            for peer in peers:
+                results[peer.name]["latency_p50_ms"] = round(
+                    percentile(latencies[peer.name], 50), 3
+                )
+                results[peer.name]["latency_p99_ms"] = round(
+                    percentile(latencies[peer.name], 99), 3
+                )
+                results[peer.name]["latency_requests"] = len(latencies[peer.name])
+
+            print("batches ...", flush=True)
+            for n in BATCHES:
+                reps = 20 if n <= 1000 else 10
+                payloads = {p.name: p.body(batches[n]) for p in peers}
+                times: dict[str, list[float]] = {p.name: [] for p in peers}
+                for round_ in range(reps + 1):
+                    for peer in alternate(peers, round_):
+                        t = sequential(conns[peer.name], peer.path, payloads[peer.name], 1)[0]
+                        if round_ > 0:
+                            times[peer.name].append(t)
+                for peer in peers:
+                    results[peer.name][f"batch_{n}_ms"] = round(median(times[peer.name]), 2)
+            for conn in conns.values():
+                conn.close()
+
+            print(f"throughput with wrk, {args.duration} s per level ...", flush=True)
+            for c in CONCURRENCY:
+                for peer in alternate(peers, c):
+                    figures = wrk(
+                        servers[peer.name].port, peer.path, bodies[peer.name], c, args.duration
+                    )
+                    results[peer.name][f"throughput_c{c}_rps"] = round(figures["rps"], 1)
+                    results[peer.name][f"throughput_c{c}_errors"] = figures["errors"]
+                    results[peer.name][f"throughput_c{c}_requests"] = figures["requests"]
+
+            for peer in peers:
+                results[peer.name]["peak_rss_mb"] = servers[peer.name].peak_rss_mb()
+            conn = http.client.HTTPConnection(HOST, servers[ours.name].port, timeout=10)
+            conn.request("GET", "/health")
+            health = json.loads(conn.getresponse().read())
+            conn.close()
+        # the servers are stopped: the in-process measurement has the machine to itself
+        print("server time of a 10,000-row request, in-process ...", flush=True)
+        breakdown = server_breakdown(env_ours)
+        results[ours.name]["batch_10000_server_ms"] = breakdown["app_ms"]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return {
+        "machine": info,
+        "model": {
+            "name": MODEL,
+            "stage": STAGE,
+            "version": version,
+            "estimator": args.estimator,
+            "churnlab_scorer": health.get("scorer"),
+            "max_probability_difference_1000_rows": diff,
+        },
+        "settings": {
+            "requests": args.requests,
+            "wrk_seconds": args.duration,
+            "startup_runs": args.startup_runs,
+            "concurrency": list(CONCURRENCY),
+        },
+        "results": results,
+        "server_breakdown_10000_rows": breakdown,
+        "targets": targets(results[ours.name], results[theirs.name]),
+    }
+
+
+def targets(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target of the issue: the ratio (or figure) and whether it is met."""
+    p50 = ours["latency_p50_ms"] / theirs["latency_p50_ms"]
+    c8 = ours["throughput_c8_rps"] / theirs["throughput_c8_rps"]
+    start = ours["startup_s"] / theirs["startup_s"]
+    return {
+        "latency_p50_ms": {"value": round(p50, 3), "goal": "<= 0.25", "met": p50 <= 0.25},
+        "throughput_c8_rps": {"value": round(c8, 2), "goal": ">= 4", "met": c8 >= 4},
+        "startup_s": {"value": round(start, 3), "goal": "<= 0.5", "met": start <= 0.5},
+        "batch_10000_server_ms": {
+            "value": ours["batch_10000_server_ms"],
+            "goal": "<= 50 ms",
+            "met": ours["batch_10000_server_ms"] <= 50,
+        },
+    }
+
+
+ROWS = [
+    ("startup_s", "start-up to first prediction (s, median)"),
+    ("startup_cpu_s", "CPU time spent to get there (s, all processes)"),
+    ("latency_p50_ms", "single-row latency p50 (ms)"),
+    ("latency_p99_ms", "single-row latency p99 (ms)"),
+    ("throughput_c1_rps", "throughput, concurrency 1 (req/s)"),
+    ("throughput_c8_rps", "throughput, concurrency 8 (req/s)"),
+    ("throughput_c32_rps", "throughput, concurrency 32 (req/s)"),
+    ("batch_1000_ms", "1,000-row batch (ms, median)"),
+    ("batch_10000_ms", "10,000-row batch (ms, median)"),
+    ("batch_10000_server_ms", "10,000-row batch, server time in-process (ms)"),
+    ("peak_rss_mb", "peak RSS (MiB, whole process tree)"),
+]
+
+
+def breakdown_line(steps: dict[str, Any]) -> str:
+    """``app = parse + score (to inputs, onnxruntime) + response + the rest``."""
+    parts = [f"parse and validate {steps['parse_and_validate_ms']}"]
+    score = f"score_records {steps['score_records_ms']}"
+    if "onnxruntime_ms" in steps:
+        score += (
+            f" (records to inputs {steps['records_to_inputs_ms']}, "
+            f"onnxruntime {steps['onnxruntime_ms']})"
+        )
+    parts += [score, f"JSONResponse {steps['json_response_ms']}"]
+    rest = steps["app_ms"] - sum(
+        steps[k] for k in ("parse_and_validate_ms", "score_records_ms", "json_response_ms")
+    )
+    return f"{steps['app_ms']} in all = " + " + ".join(parts) + f" + framework {rest:.1f}"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The side-by-side table, the targets and the machine line."""
+    names = list(report["results"])
+    ours, theirs = (report["results"][n] for n in names)
+    rows = []
+    for key, label in ROWS:
+        a, b = ours[key], theirs.get(key, "-")
+        if key == "peak_rss_mb":
+            a, b = a["total"], b["total"]
+        ratio = f"{a / b:.2f}x" if isinstance(b, int | float) and b else "-"
+        goal = report["targets"].get(key)
+        verdict = f"{goal['goal']}: {'met' if goal['met'] else 'MISSED'}" if goal else ""
+        if key.startswith("throughput"):
+            errors = ours[key.replace("rps", "errors")] + theirs[key.replace("rps", "errors")]
+            verdict = (verdict + "; " if verdict else "") + f"errors {errors}"
+        rows.append([label, a, b, ratio, verdict])
+    model = report["model"]
+    lines = [
+        table(["figure", names[0], names[1], "ratio", "target"], rows),
+        "",
+        f"{model['name']} v{model['version']} ({model['estimator']}) @{model['stage']}; "
+        f"churnlab scorer: {model['churnlab_scorer']}; "
+        f"largest probability difference between the two on 1,000 rows: "
+        f"{model['max_probability_difference_1000_rows']:.1e}",
+        "",
+        f"machine: {machine_line(report['machine'])}, at end {report['machine']['load_average_end'][0]}",
+        "",
+        "churnlab's server time on 10,000 rows, in-process (ms): "
+        + breakdown_line(report["server_breakdown_10000_rows"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--estimator", default="logreg", choices=["logreg", "forest", "gbm"])
+    parser.add_argument("--requests", type=int, default=2000, help="single-row requests per server")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.requests < 1000:
+        parser.error("--requests must be at least 1000")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    report = measure(args)
+    path = write_json("serving", report)
+    print(render(report))
+    print(f"\nwritten: {path.relative_to(ROOT)}")
+    errors = sum(
+        v for r in report["results"].values() for k, v in r.items() if k.endswith("_errors")
+    )
+    if errors:
+        print(f"wrk saw {errors} failed requests", file=sys.stderr)
+        return 1
+    if report["model"]["max_probability_difference_1000_rows"] > 1e-9:
+        print("the two servers disagree: they do not serve the same model", file=sys.stderr)
+        return 1
+    missed = [k for k, t in report["targets"].items() if not t["met"]]
+    if missed and args.strict:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Side-by-side verification: do the staging and production backends serve their aliases?
+
+:func:`verify_side_by_side` runs the staging and production backends at the same time
+(real uvicorn processes, or ones already running with ``attach=True``) and checks, for
+each: ``/health`` names the version the alias names in the registry, and its predictions
+on a fixed sample equal those of that version loaded in-process. A newer registered
+version that was never promoted must be served by neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from churnlab.errors import InputError, Refused
+from churnlab.staging import TOLERANCE, Backend, BackendFailed
+
+STAGES = ("staging", "production")
+SAMPLE_SEED = 20240917  # the fixed sample both backends score
+
+
+@dataclass
+class VerifyResult:
+    """One row per stage (alias vs served version, predictions), plus unpromoted versions."""
+
+    model_name: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    health: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unpromoted: list[int] = field(default_factory=list)
+    unpromoted_served: list[int] = field(default_factory=list)
+    sample_rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return (
+            bool(self.rows)
+            and all(r["status"] == "ok" for r in self.rows)
+            and not self.unpromoted_served
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_name": self.model_name,
+            "ok": self.ok,
+            "rows": [dict(r) for r in self.rows],
+            "health": {k: dict(v) for k, v in self.health.items()},
+            "unpromoted": list(self.unpromoted),
+            "unpromoted_served": list(self.unpromoted_served),
+            "sample_rows": self.sample_rows,
+        }
+
+    def table(self):
+        """The rows as a DataFrame (for notebooks and reports)."""
+        import pandas as pd
+
+        columns = [
+            "stage",
+            "alias_version",
+            "served_version",
+            "run_id",
+            "predictions_match",
+            "max_abs_diff",
+            "status",
+        ]
+        return pd.DataFrame(self.rows, columns=columns)
+
+    def summary(self) -> str:
+        """One line: verified, or what disagrees."""
+        served = ", ".join(
+            f"{r['stage']} serves {_v(r['served_version'])} (@{r['stage']} = {_v(r['alias_version'])})"
+            for r in self.rows
+        )
+        newer = ""
+        if self.unpromoted:
+            listed = ", ".join(f"v{v}" for v in self.unpromoted)
+            newer = f"; unpromoted {listed} served by " + (
+                "neither" if not self.unpromoted_served else "a backend!"
+            )
+        if self.ok:
+            return f"Verified {self.model_name}: {served}{newer}"
+        wrong = "; ".join(f"{r['stage']}: {r['status']}" for r in self.rows if r["status"] != "ok")
+        if self.unpromoted_served:
+            wrong = "; ".join(
+                filter(None, [wrong, f"unpromoted {_vs(self.unpromoted_served)} is served"])
+            )
+        return f"Verification failed for {self.model_name}: {wrong}"
+
+    def lines(self) -> list[str]:
+        """The table as text lines for a terminal."""
+        out = [
+            f"  {'stage':11} {'alias':>6} {'served':>7}  {'predictions':12} {'run id':34} status"
+        ]
+        for r in self.rows:
+            match = {True: "match", False: "DIFFER", None: "-"}[r["predictions_match"]]
+            out.append(
+                f"  {r['stage']:11} {_v(r['alias_version']):>6} {_v(r['served_version']):>7}  "
+                f"{match:12} {r['run_id'] or '-':34} {r['status']}"
+            )
+        if self.unpromoted:
+            out.append(
+                f"  unpromoted: {_vs(self.unpromoted)} — served by "
+                + (_vs(self.unpromoted_served) if self.unpromoted_served else "neither backend")
+            )
+        return out
+
+
+def _v(version: int | None) -> str:
+    return "-" if version is None else f"v{version}"
+
+
+def _vs(versions: Sequence[int]) -> str:
+    return ", ".join(f"v{v}" for v in versions)
+
+
+def sample(rows: int = 50):
+    """The fixed sample both backends score: ``rows`` seeded synthetic customers."""
+    from churnlab import data
+
+    return data.generate(rows, seed=SAMPLE_SEED)
+
+
+def _verify_stage(backend: Backend, registry, stage: str, alias_version: int, frame) -> tuple:
+    import numpy as np
+
+    from churnlab import data, schema
+    from churnlab.scoring import Scorer
+
+    mv = registry.version(alias_version)
+    row: dict[str, Any] = {
+        "stage": stage,
+        "alias_version": alias_version,
+        "served_version": None,
+        "run_id": None,
+        "predictions_match": None,
+        "max_abs_diff": None,
+        "status": "ok",
+    }
+    try:
+        health = backend.health()
+    except Exception as exc:
+        row["status"] = f"no answer from {backend.url}/health ({type(exc).__name__})"
+        return row, {}
+    row["served_version"] = health.get("model_version")
+    row["run_id"] = health.get("run_id")
+    problems = []
+    if health.get("stage") != stage:
+        problems.append(f"/health names stage {health.get('stage')!r}")
+    if health.get("model_name") != registry.model_name:
+        problems.append(f"/health names model {health.get('model_name')!r}")
+    if row["served_version"] != alias_version:
+        problems.append(f"serves {_v(row['served_version'])}, the alias names v{alias_version}")
+    elif row["run_id"] != mv.run_id:
+        problems.append("run id differs from the registered version's")
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    expected = Scorer.from_registry(registry, alias_version, kind="sklearn").predict_proba(
+        data.features(frame)
+    )
+    try:
+        answer = backend.predict(records)
+        served = np.asarray([p["churn_probability"] for p in answer["predictions"]])
+    except Exception as exc:
+        problems.append(f"/predict failed ({type(exc).__name__})")
+    else:
+        if served.shape != expected.shape:
+            problems.append(f"{len(served)} predictions for {len(expected)} records")
+            row["predictions_match"] = False
+        else:
+            diff = float(np.max(np.abs(served - expected)))
+            row["max_abs_diff"] = diff
+            row["predictions_match"] = diff <= TOLERANCE
+            if not row["predictions_match"]:
+                problems.append(
+                    f"predictions differ from v{alias_version} in-process (max {diff:.3g})"
+                )
+    if problems:
+        row["status"] = "; ".join(problems)
+    return row, health
+
+
+def verify_side_by_side(
+    *,
+    registry=None,
+    staging_port: int | None = None,
+    production_port: int | None = None,
+    sample_rows: int = 50,
+    stages: Sequence[str] = STAGES,
+    attach: bool = False,
+) -> VerifyResult:
+    """Run (or, with ``attach``, reach) both backends at once and check each against its alias.
+
+    Ports None pick free ones. Refused when a stage to verify holds no version; pass
+    ``stages=("staging",)`` to verify one stage only. With ``attach=True`` the backends
+    must already listen on ``127.0.0.1:<port>`` (e.g. the compose deployment).
+    """
+    from churnlab.registry import Registry, _normal_alias
+
+    if sample_rows < 1:
+        raise InputError(f"sample_rows must be at least 1, got {sample_rows}")
+    stages = tuple(dict.fromkeys(_normal_alias(s) for s in stages))
+    if not stages:
+        raise InputError("name at least one stage to verify")
+    registry = registry or Registry()
+    ports = {"staging": staging_port, "production": production_port}
+    if attach and any(ports[s] is None for s in stages):
+        raise InputError("attach needs the port of each backend: --staging-port, --production-port")
+    holders = {s: registry.holder(s) for s in stages}
+    empty = [s for s in stages if holders[s] is None]
+    if empty:
+        raise Refused(
+            f"refused: {registry.model_name} has no version in {' and '.join(empty)}; "
+            "nothing to verify there (verify the other stage alone with --stage)"
+        )
+    frame = sample(sample_rows)
+    result = VerifyResult(registry.model_name, sample_rows=sample_rows)
+
+    backends = {s: Backend(s, port=ports[s], model_name=registry.model_name) for s in stages}
+    if attach:
+        for backend in backends.values():
+            backend.url = f"http://127.0.0.1:{backend.port}"
+    with contextlib.ExitStack() as stack:
+        started: dict[str, str | None] = {}
+        if not attach:
+            for backend in backends.values():  # start both, then wait for both
+                stack.callback(backend.stop)
+                backend.start()
+            for s, backend in backends.items():
+                try:
+                    backend.wait_ready()
+                    started[s] = None
+                except BackendFailed as exc:
+                    started[s] = str(exc)
+        for s, backend in backends.items():
+            if started.get(s):
+                row = {
+                    "stage": s,
+                    "alias_version": holders[s],
+                    "served_version": None,
+                    "run_id": None,
+                    "predictions_match": None,
+                    "max_abs_diff": None,
+                    "status": started[s],
+                }
+                health: dict[str, Any] = {}
+            else:
+                row, health = _verify_stage(backend, registry, s, holders[s], frame)
+            result.rows.append(row)
+            result.health[s] = health
+
+    newest = max(holders.values())
+    served = {r["served_version"] for r in result.rows}
+    result.unpromoted = [int(v.version) for v in registry.versions() if int(v.version) > newest]
+    result.unpromoted_served = [v for v in result.unpromoted if v in served]
+    return result
+
+
+# ---------------------------------------------------------------------------- CLI
+def cmd_verify(args) -> int:
+    from churnlab.registry import Registry
+
+    result = verify_side_by_side(
+        registry=Registry(args.model),
+        staging_port=args.staging_port,
+        production_port=args.production_port,
+        sample_rows=args.sample_rows,
+        stages=args.stage or STAGES,
+        attach=args.attach,
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), sort_keys=True, default=str))
+    else:
+        print("\n".join(result.lines()))
+        print(result.summary())
+    return 0 if result.ok else 1
+
+
+def add_cli(subparsers) -> None:
+    """Add ``verify`` to the churnlab command line."""
+    p = subparsers.add_parser(
+        "verify",
+        help="run the staging and production backends side by side and check each against its alias",
+    )
+    p.add_argument("--staging-port", type=int, default=8000)
+    p.add_argument("--production-port", type=int, default=8001)
+    p.add_argument(
+        "--stage",
+        action="append",
+        choices=list(STAGES),
+        help="verify only this stage (repeatable; default both)",
+    )
+    p.add_argument("--sample-rows", type=int, default=50, help="customers in the fixed sample")
+    p.add_argument(
+        "--attach",
+        action="store_true",
+        help="check backends already running on the ports instead of starting them",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)

@@ -1,0 +1,54 @@
+"""``pytest --nbval notebooks/``: the five notebooks, in order, against ONE fresh registry.
+
+nbval re-executes every notebook and compares its outputs with the committed ones. The
+notebooks hand values to each other through the registry, so the session gets a new empty
+embedded store (tracking-server variables are ignored) and the actor the committed outputs
+were recorded with. The store is deleted when the session ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_HOME = pytest.StashKey[str]()
+
+
+def _nbval(config) -> bool:
+    return bool(
+        getattr(config.option, "nbval", False) or getattr(config.option, "nbval_lax", False)
+    )
+
+
+def pytest_configure(config) -> None:
+    if not _nbval(config):
+        return
+    from churnlab.workbook import REFERENCE_ACTOR
+
+    home = tempfile.mkdtemp(prefix="churnlab-nbval-")
+    config.stash[_HOME] = home
+    os.environ["CHURNLAB_HOME"] = home  # the kernels nbval starts inherit it
+    os.environ["CHURNLAB_ACTOR"] = REFERENCE_ACTOR
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "MLFLOW_TRACKING_TOKEN",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+    ):
+        os.environ.pop(key, None)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    # 01 before 02 ...: later notebooks read what earlier ones wrote to the registry
+    if _nbval(config):
+        items.sort(key=lambda item: (str(item.fspath), getattr(item, "cell_num", 0)))
+
+
+def pytest_unconfigure(config) -> None:
+    home = config.stash.get(_HOME, None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,412 @@
+"""The serving backend: a FastAPI app that serves the version a registry stage holds.
+
+At start-up it resolves the stage's alias (``@staging`` or ``@production``) ONCE, loads
+that version from the registry and serves it until restarted: a later promotion never
+changes a running server. Run it with ``churnlab serve --stage production --port 8001``
+or ``uvicorn serving.app:app`` (configured by the variables in :data:`ENV_VARIABLES`).
+
+Endpoints: ``GET /health``, ``POST /predict``, ``GET /metadata``, ``GET /`` (a page for
+people) and the OpenAPI docs at ``/docs``. No endpoint changes the registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import ValidationError
+
+from churnlab.errors import ChurnlabError, InputError, Refused, RegistryUnavailable
+from serving import contract
+
+#: The variables the app itself reads.
+APP_VARIABLES: tuple[str, ...] = (
+    "MODEL_NAME",  # registered model (default churn-model)
+    "MODEL_STAGE",  # staging | production (Staging / Production accepted)
+    "MLFLOW_TRACKING_URI",  # a tracking server; unset: the embedded churnlab store
+    "CHURNLAB_HOME",  # where the embedded store lives when MLFLOW_TRACKING_URI is unset
+    "SERVING_MAX_RECORDS",  # records per request (default 10000)
+    "SERVING_MAX_BODY_BYTES",  # bytes per request body (default 8 MiB)
+)
+#: MLflow's own variables for reaching an authenticated tracking server.
+MLFLOW_AUTH_VARIABLES: tuple[str, ...] = (
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+)
+#: Every variable a deployment may set for this app (compose files are checked against it).
+ENV_VARIABLES: frozenset[str] = frozenset(APP_VARIABLES + MLFLOW_AUTH_VARIABLES)
+
+STAGES = ("staging", "production")
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+#: The page may load only what this server serves (no CDN, no inline script).
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to serve and the request limits; read from the environment by default."""
+
+    model_name: str = "churn-model"
+    stage: str = "staging"
+    max_records: int = contract.DEFAULT_MAX_RECORDS
+    max_body_bytes: int = contract.DEFAULT_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        stage = str(self.stage).strip().lower()
+        if stage not in STAGES:
+            raise InputError(f"MODEL_STAGE must be staging or production, got {self.stage!r}")
+        object.__setattr__(self, "stage", stage)
+        if not str(self.model_name).strip():
+            raise InputError("MODEL_NAME must not be empty")
+        for name, value in (
+            ("SERVING_MAX_RECORDS", self.max_records),
+            ("SERVING_MAX_BODY_BYTES", self.max_body_bytes),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} must be a positive whole number, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``MODEL_NAME``, ``MODEL_STAGE`` and ``SERVING_MAX_*``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "model_name": env.get("MODEL_NAME", "").strip() or cls.model_name,
+            "stage": env.get("MODEL_STAGE", "").strip() or cls.stage,
+            "max_records": _whole(env, "SERVING_MAX_RECORDS", cls.max_records),
+            "max_body_bytes": _whole(env, "SERVING_MAX_BODY_BYTES", cls.max_body_bytes),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _whole(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InputError(f"{name} must be a positive whole number, got {raw!r}") from None
+
+
+@dataclass
+class Served:
+    """The one version this server serves, loaded at start-up."""
+
+    settings: Settings
+    scorer: Any
+    run_id: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return int(self.scorer.version)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /health`` answers."""
+        return {
+            "status": "ok",
+            "stage": self.settings.stage,
+            "model_name": self.settings.model_name,
+            "model_version": self.version,
+            "run_id": self.run_id,
+            "scorer": getattr(self.scorer, "kind", type(self.scorer).__name__),
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def load(settings: Settings) -> Served:
+    """Resolve the stage's alias once and load that version from the registry.
+
+    Raises :class:`Refused` when the stage holds no version, :class:`InputError` when
+    the model is unknown and :class:`RegistryUnavailable` when the registry cannot be
+    reached or the version cannot be loaded.
+    """
+    from churnlab import store
+
+    store.configure()
+    store.check_reachable()
+    name, stage = settings.model_name, settings.stage
+    try:
+        from churnlab.registry import GATE_TAG, SMOKE_TAG, Registry
+        from churnlab.scoring import Scorer
+
+        registry = Registry(name)
+        registry.model()
+        version = registry.holder(stage)
+        if version is None:
+            how = "churnlab stage VERSION" if stage == "staging" else "churnlab promote VERSION"
+            raise Refused(f"{name} has no version in {stage}: nothing to serve (run `{how}`)")
+        scorer = Scorer.from_registry(registry, version)
+        mv = registry.version(version)
+        run = registry._call(registry.client.get_run, mv.run_id)
+    except ChurnlabError:
+        raise
+    except Exception as exc:  # an MLflow failure: say which model, briefly
+        raise RegistryUnavailable(
+            f"cannot load {name}@{stage} from {store.display_uri()}: "
+            f"{type(exc).__name__}: {store.redact(_first_line(exc))}"
+        ) from None
+
+    tags = dict(mv.tags or {})
+
+    def tagged(prefix: str) -> dict[str, str]:
+        return {k[len(prefix) :]: v for k, v in sorted(tags.items()) if k.startswith(prefix)}
+
+    gate_checks = {k: v for k, v in tagged("churnlab.gate.").items() if k != "verdict"}
+    smoke = {k: v for k, v in tagged("churnlab.smoke.").items() if k != "verdict"}
+    metadata = {
+        "model_name": name,
+        "model_version": version,
+        "stage": stage,
+        "run_id": mv.run_id,
+        "description": mv.description or "",
+        "estimator": tags.get("churnlab.estimator"),
+        "scorer": {
+            "kind": getattr(scorer, "kind", "sklearn"),
+            "reason": getattr(scorer, "reason", ""),
+        },
+        "schema": _schema(),
+        "metrics": dict(sorted(run.data.metrics.items())),
+        "gate": {"verdict": tags.get(GATE_TAG, "pending"), "checks": gate_checks},
+        "smoke": {"verdict": tags.get(SMOKE_TAG, "none"), **smoke},
+        "data": tagged("churnlab.data."),
+        "limits": {"max_records": settings.max_records, "max_body_bytes": settings.max_body_bytes},
+        "example": dict(contract.EXAMPLE_RECORD),
+    }
+    return Served(settings, scorer, mv.run_id, metadata)
+
+
+def _schema() -> list[dict[str, Any]]:
+    from churnlab import schema
+
+    return schema.describe()
+
+
+# ---------------------------------------------------------------------------- the app
+#: The answers of ``POST /predict``, as the OpenAPI schema states them (checked by fuzzing).
+PREDICTIONS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model_name", "model_version", "stage", "predictions"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "integer", "minimum": 1},
+        "stage": {"type": "string", "enum": list(STAGES)},
+        "predictions": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["churn_probability", "churn"],
+                "properties": {
+                    "churn_probability": {"type": "number", "minimum": 0, "maximum": 1},
+                    "churn": {"type": "boolean"},
+                },
+            },
+        },
+    },
+}
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail"],
+    "properties": {
+        "detail": {"type": "string", "minLength": 1},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "problem"],
+                "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
+def _answer(description: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": body}}}
+
+
+def _error(status: int, detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"detail": detail}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status)
+
+
+def _json_type(value: str | None) -> str | None:
+    """``None`` when ``value`` is a JSON content type, else why it is not."""
+    if not value:
+        return "the request has no Content-Type; send Content-Type: application/json"
+    media, _, params = value.partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return f"Content-Type must be application/json, got {media!r}"
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            return f"the body must be UTF-8 JSON, got charset {val.strip()!r}"
+    return None
+
+
+class ServingApp(FastAPI):
+    """FastAPI with a start-up that loads the served version, failing in one clear line."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        try:
+            if self.state.served is None:
+                settings = self.state.settings or Settings.from_env()
+                self.state.served = load(settings)
+            self.state.contract = contract.Contract(
+                self.state.served.settings.max_records, self.state.served.settings.max_body_bytes
+            )
+            _document(self, self.state.contract)
+        except ChurnlabError as exc:
+            from churnlab import store
+
+            await send(
+                {"type": "lifespan.startup.failed", "message": f"serving: {store.redact(str(exc))}"}
+            )
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown: nothing to release
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _document(app: FastAPI, checker: contract.Contract) -> None:
+    """Describe the request body of ``POST /predict`` in the OpenAPI schema."""
+    for route in app.routes:
+        if getattr(route, "path", None) == "/predict":
+            route.openapi_extra = {
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": checker.json_schema(),
+                            "example": {"records": [contract.EXAMPLE_RECORD]},
+                        }
+                    },
+                }
+            }
+    app.openapi_schema = None
+
+
+def create_app(settings: Settings | None = None, served: Served | None = None) -> ServingApp:
+    """The FastAPI app; ``served`` skips loading (``churnlab serve`` loads first)."""
+    app = ServingApp(
+        title="churnlab serving",
+        summary="Churn probabilities from the model version a registry stage holds.",
+        version="1",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.served = served
+    app.state.contract = None
+
+    @app.get("/health", tags=["serving"])
+    def health(request: Request) -> dict[str, Any]:
+        """The stage, model and version this server serves (fixed until restarted)."""
+        return request.app.state.served.health()
+
+    @app.get("/metadata", tags=["serving"])
+    def metadata(request: Request) -> dict[str, Any]:
+        """Feature schema, the version's metrics, gate and smoke results, data digests."""
+        return request.app.state.served.metadata
+
+    @app.post(
+        "/predict",
+        tags=["serving"],
+        responses={
+            200: _answer("one prediction per record, in order", PREDICTIONS_SCHEMA),
+            400: _answer("malformed JSON", ERROR_SCHEMA),
+            413: _answer("request body too large", ERROR_SCHEMA),
+            415: _answer("not JSON", ERROR_SCHEMA),
+            422: _answer("records that break the input contract", ERROR_SCHEMA),
+        },
+    )
+    async def predict(request: Request) -> Response:
+        """Churn probability and decision for each customer record."""
+        from starlette.concurrency import run_in_threadpool
+
+        served: Served = request.app.state.served
+        checker: contract.Contract = request.app.state.contract
+        wrong = _json_type(request.headers.get("content-type"))
+        if wrong:
+            return _error(415, wrong)
+        limit = checker.max_body_bytes
+        declared = request.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            return _error(
+                413, f"the request body is {int(declared)} bytes; the limit is {limit} bytes"
+            )
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, f"the request body exceeds the limit of {limit} bytes")
+        try:
+            predictions = await run_in_threadpool(_score, served, checker, bytes(body))
+        except ValidationError as exc:
+            found = contract.problems(exc)
+            status = 400 if found and found[0]["type"] == "json_invalid" else 422
+            return _error(status, contract.summary(found, exc.error_count()), found)
+        return JSONResponse(
+            {
+                "model_name": served.settings.model_name,
+                "model_version": served.version,
+                "stage": served.settings.stage,
+                "predictions": predictions,
+            }
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> Response:
+        """A small page to check health and score one customer by hand."""
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"},
+        )
+
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _score(served: Served, checker: contract.Contract, body: bytes) -> list[dict[str, Any]]:
+    """Validate once, then score through the version's Scorer."""
+    return served.scorer.score_records(checker.validate_json(body))
+
+
+#: The app ``uvicorn serving.app:app`` runs (settings from the environment at start-up).
+app = create_app()

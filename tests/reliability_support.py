@@ -1,0 +1,278 @@
+"""Real servers for the reliability tests: `mlflow server` and a private PostgreSQL cluster.
+
+Each runs in its own process group on 127.0.0.1 and a free port; ``stop()`` ends the whole
+group (uvicorn workers included), and the fixtures that start them always call it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import requests
+
+BIN = Path(sys.executable).parent
+CHURNLAB = str(BIN / "churnlab")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind port 0 on loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)  # a frozen group cannot act on SIGTERM
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived the leader
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+
+
+class MlflowServer:
+    """A real ``mlflow server`` with served artifacts, as a team would run one."""
+
+    def __init__(self, backend_uri: str, folder: Path, port: int | None = None) -> None:
+        self.backend_uri = backend_uri
+        self.folder = Path(folder)
+        self.port = port or free_port()
+        self.log = self.folder / "mlflow-server.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> MlflowServer:
+        """Start the server and wait until ``/health`` answers."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+        # the background job runner (a dozen huey consumers) is not part of the registry
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        env["PYTHONUNBUFFERED"] = "1"  # one access-log line per request, as it is served
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.folder,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
+            if self.healthy():
+                return self
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s")
+
+    def healthy(self, timeout: float = 2.0) -> bool:
+        try:
+            return requests.get(f"{self.url}/health", timeout=timeout).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log_size(self) -> int:
+        """The length of the server's log so far (an offset for :meth:`logged_since`)."""
+        try:
+            return self.log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def logged_since(self, offset: int) -> str:
+        """What the server logged (one line per request served) after ``offset``."""
+        with open(self.log, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the server: it accepts connections but never answers."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Stop the server abruptly (SIGKILL), as a crash or a pulled plug would."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _end_group(self.proc)
+
+
+def postgres_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (newest version), or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(found[-1]).parent if found else None
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary folder, run as the ``postgres`` user.
+
+    Listens on 127.0.0.1 and a free port, with its unix socket in the same folder.
+    """
+
+    def __init__(self, user: str = "postgres") -> None:
+        self.bin = postgres_bin()
+        if self.bin is None:
+            raise RuntimeError("PostgreSQL server binaries are not installed")
+        # its own folder right under /tmp: the postgres user cannot enter pytest's (0700)
+        self.folder = Path(tempfile.mkdtemp(prefix="churnlab-pg-"))
+        self.data = self.folder / "data"
+        self.user = user
+        self.port = free_port()
+        self.started = False
+
+    def _as_user(self, *cmd: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        prefix: list[str] = []
+        if os.geteuid() == 0:  # root may not run postgres
+            runuser = shutil.which("runuser")
+            prefix = [runuser, "-u", self.user, "--"] if runuser else ["su", self.user, "-c"]
+            if not runuser:
+                cmd = (" ".join(cmd),)
+        return subprocess.run(
+            [*prefix, *cmd],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.folder,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def start(self) -> PostgresCluster:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, self.user, self.user)
+            self.folder.chmod(0o700)
+        done = self._as_user(
+            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"
+        )
+        if done.returncode:
+            raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        done = self._as_user(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.folder / "postgres.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+        self.started = done.returncode == 0
+        if not self.started:
+            log = (self.folder / "postgres.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr}\n{log}")
+        return self
+
+    def createdb(self, name: str) -> str:
+        """Create database ``name``; return its SQLAlchemy URI (TCP on 127.0.0.1)."""
+        done = self._as_user(
+            str(self.bin / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            name,
+        )
+        if done.returncode:
+            raise RuntimeError(f"createdb failed: {done.stderr}")
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        """Stop the cluster (fast shutdown) and delete its folder."""
+        if self.started:
+            self._as_user(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+            self.started = False
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def remote_env(url: str, **extra: str) -> Iterator[None]:
+    """Point this process (and MLflow) at a tracking server for the block; restore after."""
+    from churnlab import store
+
+    keys = ("MLFLOW_TRACKING_URI", *extra)
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["MLFLOW_TRACKING_URI"] = url
+    os.environ.update(extra)
+    store.configure()
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        store.configure()
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """Run the real ``churnlab`` console script with exactly ``env`` over os.environ."""
+    return subprocess.run(
+        [CHURNLAB, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
+    """Start the ``churnlab`` console script in the background (pipes for output)."""
+    return subprocess.Popen(
+        [CHURNLAB, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+    )

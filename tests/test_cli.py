@@ -1,0 +1,116 @@
+"""The `churnlab` command line: sub-commands, exit codes, one-line errors, the whole local flow."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+from mlflow.tracking import MlflowClient
+
+from churnlab import cli
+from churnlab.registry import SMOKE_TAG
+
+CORE_COMMANDS = ("train", "gate", "stage", "promote", "rollback", "status", "history", "repair")
+FAST_GATE = ("--set", "latency_samples=20", "--set", "latency_p95_ms=10000")
+
+
+def test_help_lists_every_core_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in CORE_COMMANDS:
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["fly"], ["stage"], ["train", "--estimator", "svm"], ["train", "--rows", "many"]],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "usage: churnlab" in capsys.readouterr().err
+
+
+def test_console_script_exit_codes_and_one_line_errors(registry):
+    """The installed `churnlab` script (two CLI processes, a few seconds each); exit 0 is
+    covered by test_store and test_train."""
+    unknown = run_cli("stage", "9")
+    assert unknown.returncode == 2
+    assert unknown.stdout == ""
+    assert unknown.stderr == "churnlab: churn-model has no version 9 (latest is 2)\n"
+
+    refused = run_cli("promote", "1")
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("churnlab: refused: churn-model v1 -> Production")
+
+
+def test_override_without_reason_exits_2(registry, capsys):
+    assert cli.main(["promote", "1", "--override"]) == 2
+    err = capsys.readouterr().err
+    assert "--override --reason TEXT" in err
+    assert cli.main(["stage", "1", "--override", "--reason", " "]) == 2
+    assert registry.holder("production") is None and registry.holder("staging") is None
+
+
+def test_rollback_with_nothing_in_production_exits_1(registry, capsys):
+    assert cli.main(["rollback"]) == 1
+    assert "no production version" in capsys.readouterr().err
+
+
+def test_the_local_flow_from_gate_to_rollback(registry, capsys):
+    """gate -> stage -> promote (refused, then with evidence) -> gate the challenger ->
+    override -> rollback, all through the CLI (in-process: the same main())."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = run("gate", "1", *FAST_GATE)
+    assert code == 0 and "Gate passed: churn-model v1" in out
+
+    code, out, _ = run("stage", "1")
+    assert (code, out) == (0, "Staged churn-model v1 -> Staging\n")
+
+    code, _, err = run("promote", "1")
+    assert code == 1 and "smoke is none" in err
+
+    MlflowClient().set_model_version_tag("churn-model", "1", SMOKE_TAG, "passed")
+    code, out, _ = run("promote", "1")
+    assert (code, out) == (0, "Promoted churn-model v1 -> Production\n")
+
+    # the challenger is judged against production now; its verdict is whatever the checks say
+    code, out, _ = run("gate", "2", *FAST_GATE, "--json")
+    verdict = json.loads(out)
+    champion = next(c for c in verdict["checks"] if c["name"] == "champion")
+    assert champion["status"] in ("pass", "fail") and "production v1" in champion["detail"]
+    assert code == (0 if verdict["verdict"] == "passed" else 1)
+
+    code, out, _ = run("promote", "2", "--override", "--reason", "try the forest")
+    assert code == 0
+    assert out == "Promoted churn-model v2 -> Production (archived v1) [override: try the forest]\n"
+
+    code, out, _ = run("rollback", "--reason", "forest too slow")
+    assert (code, out) == (0, "Rolled back churn-model v1 -> Production (archived v2)\n")
+
+    code, out, _ = run("status", "--json")
+    status = json.loads(out)
+    assert code == 0 and status["consistent"]
+    assert status["stages"]["production"]["version"] == 1
+    assert status["stages"]["staging"]["version"] is None
+
+    code, out, _ = run("history", "--json")
+    actions = [(e["action"], e["alias"], e["to_version"]) for e in json.loads(out)]
+    assert actions == [
+        ("stage", "staging", 1),
+        ("promote", "production", 1),
+        ("unstage", "staging", None),
+        ("promote", "production", 2),
+        ("rollback", "production", 1),
+    ]

@@ -1,0 +1,489 @@
+"""The serving API in-process (FastAPI's TestClient): endpoints and the input contract.
+
+One app per module, loaded from a real registry (a copy of the session's template with
+v1 staged): every contract case is a real request through the real app and Scorer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import _copy_db
+
+from churnlab import schema, store
+from churnlab.errors import InputError, Refused
+from serving import contract
+from serving.app import ENV_VARIABLES, Settings, create_app, load
+
+MAX_RECORDS = 50
+MAX_BODY = 64 * 1024
+GOOD = {k: v for k, v in contract.EXAMPLE_RECORD.items()}
+
+
+@pytest.fixture(scope="module")
+def module_app(template_home, tmp_path_factory):
+    """An app serving @staging = v1 of a private registry, with small limits."""
+    import warnings
+
+    from churnlab.registry import Registry
+
+    with warnings.catch_warnings():  # starlette's note about its httpx client
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    home = tmp_path_factory.mktemp("api-home")
+    _copy_db(template_home, home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHURNLAB_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        store.configure()
+        registry = Registry()
+        registry.stage(1, override=True, reason="api tests")
+        app = create_app(
+            Settings(stage="staging", max_records=MAX_RECORDS, max_body_bytes=MAX_BODY)
+        )
+        with TestClient(app) as client:
+            yield client, registry, home
+
+
+@pytest.fixture
+def served(module_app, monkeypatch):
+    """The module's client and registry; MLflow points at the module's store in this test."""
+    client, registry, home = module_app
+    monkeypatch.setenv("CHURNLAB_HOME", str(home))
+    store.configure()
+    return client, registry
+
+
+@pytest.fixture
+def client(served):
+    return served[0]
+
+
+def post(client, payload, **headers):
+    body = payload if isinstance(payload, bytes | str) else json.dumps(payload)
+    return client.post(
+        "/predict", content=body, headers={"Content-Type": "application/json", **headers}
+    )
+
+
+# ---------------------------------------------------------------------------- endpoints
+def test_health_names_stage_version_and_run(served):
+    client, registry = served
+    answer = client.get("/health")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["status"] == "ok"
+    assert body["stage"] == "staging"
+    assert body["model_name"] == "churn-model"
+    assert body["model_version"] == 1
+    assert body["run_id"] == registry.version(1).run_id
+    assert body["scorer"]
+
+
+def test_predict_agrees_with_the_version_loaded_in_process(served):
+    from churnlab import data
+    from churnlab.scoring import Scorer
+
+    client, registry = served
+    frame = registry.snapshot(1, "evaluation").head(MAX_RECORDS)
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    answer = post(client, {"records": records})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["model_name"], body["model_version"], body["stage"]) == (
+        "churn-model",
+        1,
+        "staging",
+    )
+    expected = Scorer.from_registry(registry, 1).predict_proba(data.features(frame))
+    served_p = [p["churn_probability"] for p in body["predictions"]]
+    assert len(served_p) == len(expected)
+    assert max(abs(a - b) for a, b in zip(served_p, expected, strict=True)) <= 1e-9
+    assert [p["churn"] for p in body["predictions"]] == [bool(p >= 0.5) for p in expected]
+    assert len(set(served_p)) > 1  # different customers, different answers
+
+
+def test_batch_keeps_order_and_matches_single_requests(client):
+    records = [
+        {**GOOD, "tenure": 2, "Contract": "Month-to-month"},
+        {**GOOD, "tenure": 70, "Contract": "Two year", "TotalCharges": 2000.0},
+    ]
+    batch = post(client, {"records": records}).json()["predictions"]
+    singles = [post(client, {"records": [r]}).json()["predictions"][0] for r in records]
+    assert [p["churn"] for p in batch] == [p["churn"] for p in singles]
+    for a, b in zip(
+        batch, singles, strict=True
+    ):  # batch and row arithmetic may differ in the last bit
+        assert a["churn_probability"] == pytest.approx(b["churn_probability"], abs=1e-12)
+    assert batch[0]["churn_probability"] != batch[1]["churn_probability"]
+
+
+def test_customer_id_is_optional_and_ignored(client):
+    without = {k: v for k, v in GOOD.items() if k != "customerID"}
+    answers = [
+        post(client, {"records": [r]}).json()["predictions"][0]
+        for r in (GOOD, without, {**GOOD, "customerID": None}, {**GOOD, "customerID": "x"})
+    ]
+    assert all(a == answers[0] for a in answers)
+
+
+def test_whole_numbers_are_accepted_for_money_fields(client):
+    answer = post(client, {"records": [{**GOOD, "MonthlyCharges": 30, "TotalCharges": 30}]})
+    assert answer.status_code == 200
+    reference = post(client, {"records": [{**GOOD, "MonthlyCharges": 30.0, "TotalCharges": 30.0}]})
+    assert answer.json() == reference.json()
+
+
+def test_json_with_charset_and_json_suffix_types_are_accepted(client):
+    body = json.dumps({"records": [GOOD]})
+    for ctype in ("application/json; charset=utf-8", "application/vnd.churn+json"):
+        assert (
+            client.post("/predict", content=body, headers={"Content-Type": ctype}).status_code
+            == 200
+        )
+
+
+def test_metadata_has_schema_metrics_gate_and_digests(served):
+    client, registry = served
+    body = client.get("/metadata").json()
+    mv = registry.version(1)
+    assert body["schema"] == schema.describe()
+    assert body["model_version"] == 1 and body["stage"] == "staging"
+    run = registry.client.get_run(mv.run_id)
+    assert body["metrics"] == pytest.approx(run.data.metrics)
+    assert body["metrics"]["roc_auc"] > 0.5
+    assert body["gate"]["verdict"] == mv.tags["churnlab.gate.verdict"]
+    assert body["smoke"]["verdict"] == mv.tags["churnlab.smoke.verdict"]
+    assert body["data"] == {
+        k.split(".")[-1]: v for k, v in mv.tags.items() if k.startswith("churnlab.data.")
+    }
+    assert set(body["data"]) == {"training", "evaluation", "reference"}
+    assert body["limits"] == {"max_records": MAX_RECORDS, "max_body_bytes": MAX_BODY}
+    # the page's example customer is valid under the contract
+    assert post(client, {"records": [body["example"]]}).status_code == 200
+
+
+def test_openapi_documents_the_request_from_the_schema(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    record = body["schema"]["properties"]["records"]["items"]
+    assert record["additionalProperties"] is False
+    assert set(record["properties"]) == {schema.ID_COLUMN, *schema.FEATURE_NAMES}
+    assert set(record["required"]) == set(schema.FEATURE_NAMES)
+    contract_enum = record["properties"]["Contract"]["enum"]
+    assert contract_enum == list(schema.feature("Contract").values)
+    assert record["properties"]["tenure"]["maximum"] == schema.feature("tenure").maximum
+    assert body["schema"]["properties"]["records"]["maxItems"] == MAX_RECORDS
+
+
+def test_page_is_self_contained(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "script-src 'self'" in policy
+    html = page.text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert "/static/app.js" in assets and "/static/style.css" in assets
+    for asset in assets:
+        assert not re.match(r"^(https?:)?//", asset), f"external resource {asset}"
+        if not asset.startswith("data:"):  # inline (the empty favicon)
+            assert client.get(asset).status_code == 200, asset
+    for asset in ("/static/app.js", "/static/style.css"):
+        text = client.get(asset).text
+        assert not re.search(r"https?://", text), f"{asset} reaches outside the server"
+    assert "<script>" not in html  # no inline script (the policy would block it)
+
+
+def test_no_permissive_cors(client):
+    origin = {"Origin": "http://elsewhere.example"}
+    assert "access-control-allow-origin" not in client.get("/health", headers=origin).headers
+    preflight = client.options(
+        "/predict", headers={**origin, "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+    assert preflight.status_code >= 400
+
+
+def test_no_endpoint_changes_the_registry(served):
+    client, registry = served
+
+    def state():
+        model = registry.model()
+        versions = {
+            v.version: (dict(v.tags), v.current_stage, sorted(v.aliases))
+            for v in registry.versions()
+        }
+        return dict(model.tags), versions
+
+    before = state()
+    client.get("/health")
+    client.get("/metadata")
+    client.get("/")
+    post(client, {"records": [GOOD]})
+    post(client, {"records": []})
+    client.post("/health")
+    client.delete("/predict")
+    assert state() == before
+
+
+def test_a_later_move_does_not_change_what_is_served(served):
+    """The app resolved @staging at start-up; moving the alias changes nothing until restart."""
+    client, registry = served
+    registry.stage(2, override=True, reason="newer")
+    try:
+        assert client.get("/health").json()["model_version"] == 1
+        assert post(client, {"records": [GOOD]}).json()["model_version"] == 1
+    finally:
+        registry.stage(1, override=True, reason="back")
+
+
+# ---------------------------------------------------------------------------- the contract
+def _without(field):
+    return {k: v for k, v in GOOD.items() if k != field}
+
+
+BAD_RECORDS = [
+    ("unknown field", {**GOOD, "shoe_size": 44}, "records[0].shoe_size", "unknown field"),
+    ("missing field", _without("tenure"), "records[0].tenure", "missing"),
+    ("string for an integer", {**GOOD, "tenure": "12"}, "records[0].tenure", "valid integer"),
+    ("fraction for an integer", {**GOOD, "tenure": 1.5}, "records[0].tenure", "valid integer"),
+    (
+        "boolean for an integer",
+        {**GOOD, "SeniorCitizen": True},
+        "records[0].SeniorCitizen",
+        "integer",
+    ),
+    (
+        "string for a number",
+        {**GOOD, "MonthlyCharges": "29.85"},
+        "records[0].MonthlyCharges",
+        "number",
+    ),
+    ("null for a number", {**GOOD, "TotalCharges": None}, "records[0].TotalCharges", "number"),
+    ("number for a category", {**GOOD, "gender": 1}, "records[0].gender", "Female"),
+    ("unknown category", {**GOOD, "Contract": "Monthly"}, "records[0].Contract", "Month-to-month"),
+    ("wrong case category", {**GOOD, "Partner": "yes"}, "records[0].Partner", "'Yes'"),
+    (
+        "below the minimum",
+        {**GOOD, "tenure": -1},
+        "records[0].tenure",
+        "greater than or equal to 0",
+    ),
+    (
+        "above the maximum",
+        {**GOOD, "tenure": 121},
+        "records[0].tenure",
+        "less than or equal to 120",
+    ),
+    ("too much money", {**GOOD, "MonthlyCharges": 1e6}, "records[0].MonthlyCharges", "1000"),
+    ("non-string id", {**GOOD, "customerID": 7}, "records[0].customerID", "string"),
+    ("record not an object", 5, "records[0]", "should be an object"),
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "where", "says"),
+    [case[1:] for case in BAD_RECORDS],
+    ids=[case[0] for case in BAD_RECORDS],
+)
+def test_bad_record_gets_422_naming_the_field(client, record, where, says):
+    answer = post(client, {"records": [GOOD, record]})
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    where = where.replace("records[0]", "records[1]")
+    assert body["detail"].startswith(where), body["detail"]
+    assert says.lower() in body["detail"].lower(), body["detail"]
+    assert body["errors"][0]["field"] == where
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_nan_and_infinity_are_refused(client, literal):
+    text = json.dumps({"records": [GOOD]}).replace(
+        '"MonthlyCharges": 29.85', f'"MonthlyCharges": {literal}'
+    )
+    assert literal in text
+    answer = post(client, text)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["detail"].startswith("records[0].MonthlyCharges: must be a finite number")
+
+
+def test_nan_anywhere_else_is_refused_too(client):
+    text = json.dumps({"records": [GOOD]}).replace('"tenure": 1', '"tenure": NaN')
+    answer = post(client, text)
+    assert answer.status_code == 422
+    assert "records[0].tenure" in answer.json()["detail"]
+
+
+def test_all_problems_are_listed(client):
+    answer = post(client, {"records": [{**GOOD, "tenure": -5, "Contract": "x", "extra": 1}]})
+    fields = {e["field"] for e in answer.json()["errors"]}
+    assert fields == {"records[0].tenure", "records[0].Contract", "records[0].extra"}
+    assert "(and 2 more)" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "says"),
+    [
+        ({"records": []}, 422, "the batch is empty"),
+        ({"records": [GOOD] * (MAX_RECORDS + 1)}, 422, f"at most {MAX_RECORDS} records"),
+        ({}, 422, "records: required field is missing"),
+        ({"records": [GOOD], "threshold": 0.3}, 422, "threshold: unknown field"),
+        ({"records": GOOD}, 422, "records: input should be a valid array"),
+        ([GOOD], 422, "body: input should be an object"),
+        (None, 422, "body: input should be an object"),
+    ],
+    ids=[
+        "empty batch",
+        "batch above limit",
+        "no records",
+        "extra key",
+        "not a list",
+        "a list",
+        "null",
+    ],
+)
+def test_bad_batch_shape(client, payload, status, says):
+    answer = post(client, payload)
+    assert answer.status_code == status, answer.text
+    assert says.lower() in answer.json()["detail"].lower()
+
+
+def test_batch_at_the_limit_is_accepted(client):
+    answer = post(client, {"records": [GOOD] * MAX_RECORDS})
+    assert answer.status_code == 200
+    assert len(answer.json()["predictions"]) == MAX_RECORDS
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"records": [', "Invalid JSON"),
+        (b"", "Invalid JSON"),
+        (b"{'records': []}", "Invalid JSON"),
+        (b'{"records": [}', "Invalid JSON"),
+        (b'\xff\xfe{"records": []}', "Invalid JSON"),
+    ],
+    ids=["truncated", "empty body", "single quotes", "bad bracket", "not utf-8"],
+)
+def test_malformed_json_gets_400(client, body, says):
+    answer = post(client, body)
+    assert answer.status_code == 400, answer.text
+    assert says in answer.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1", None],
+)
+def test_wrong_content_type_gets_415(client, ctype):
+    headers = {} if ctype is None else {"Content-Type": ctype}
+    answer = client.post("/predict", content=json.dumps({"records": [GOOD]}), headers=headers)
+    assert answer.status_code == 415, answer.text
+    assert "application/json" in answer.json()["detail"] or "UTF-8" in answer.json()["detail"]
+
+
+def test_body_above_the_limit_by_content_length_gets_413(client):
+    body = json.dumps({"records": [GOOD] * 300})
+    assert len(body) > MAX_BODY
+    answer = post(client, body)
+    assert answer.status_code == 413
+    assert str(MAX_BODY) in answer.json()["detail"]
+
+
+def test_body_above_the_limit_while_streaming_gets_413(client):
+    """No Content-Length (chunked): the limit is enforced while reading."""
+    piece = json.dumps(GOOD).encode()
+
+    def chunks():
+        yield b'{"records": ['
+        for i in range(300):
+            yield (b"," if i else b"") + piece
+        yield b"]}"
+
+    answer = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert "exceeds the limit" in answer.json()["detail"]
+    assert client.get("/health").status_code == 200
+
+
+def test_unknown_paths_and_methods_are_4xx(client):
+    assert client.get("/nothing").status_code == 404
+    assert client.get("/predict").status_code == 405
+    assert client.post("/health").status_code == 405
+
+
+# ---------------------------------------------------------------------------- settings
+def test_settings_defaults_and_environment():
+    default = Settings.from_env({})
+    assert (default.model_name, default.stage) == ("churn-model", "staging")
+    assert (default.max_records, default.max_body_bytes) == (10_000, 8 * 1024 * 1024)
+    env = {
+        "MODEL_NAME": "other",
+        "MODEL_STAGE": "Production",
+        "SERVING_MAX_RECORDS": "7",
+        "SERVING_MAX_BODY_BYTES": "1024",
+    }
+    got = Settings.from_env(env)
+    assert (got.model_name, got.stage, got.max_records, got.max_body_bytes) == (
+        "other",
+        "production",
+        7,
+        1024,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"MODEL_STAGE": "prod"}, "MODEL_STAGE must be staging or production, got 'prod'"),
+        ({"SERVING_MAX_RECORDS": "many"}, "SERVING_MAX_RECORDS must be a positive whole number"),
+        ({"SERVING_MAX_BODY_BYTES": "0"}, "SERVING_MAX_BODY_BYTES must be a positive whole number"),
+    ],
+)
+def test_bad_settings_are_named(env, says):
+    with pytest.raises(InputError, match=re.escape(says)):
+        Settings.from_env(env)
+
+
+def test_every_variable_the_app_reads_is_declared():
+    """ENV_VARIABLES is the one list: each variable read in app.py or store.py is in it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    reads = set()
+    for path in (root / "serving" / "app.py", root / "churnlab" / "store.py"):
+        text = path.read_text()
+        reads |= set(re.findall(r"""(?:environ|env)\.get\(\s*["']([A-Z_]+)["']""", text))
+        reads |= set(re.findall(r"""_whole\(env,\s*["']([A-Z_]+)["']""", text))
+    reads -= {"MLFLOW_REGISTRY_URI"}  # never set by churnlab; MLflow's own default
+    assert {"MODEL_NAME", "MODEL_STAGE", "MLFLOW_TRACKING_URI", "CHURNLAB_HOME"} <= reads
+    assert reads <= ENV_VARIABLES
+
+
+def test_mlflow_reads_the_declared_auth_variables():
+    import mlflow.environment_variables as ev
+
+    from serving.app import MLFLOW_AUTH_VARIABLES
+
+    declared = {v.name for v in vars(ev).values() if isinstance(v, ev._EnvironmentVariable)}
+    assert set(MLFLOW_AUTH_VARIABLES) <= declared
+
+
+# ---------------------------------------------------------------------------- start-up
+def test_load_refuses_an_empty_stage(registry):
+    with pytest.raises(
+        Refused, match=r"churn-model has no version in production: nothing to serve"
+    ):
+        load(Settings(stage="production"))
+
+
+def test_load_refuses_an_unknown_model(registry):
+    with pytest.raises(InputError, match=r"no registered model 'nope'"):
+        load(Settings(model_name="nope"))
