@@ -21,7 +21,6 @@ import pytest
 import requests
 from conftest import _copy_db
 
-from churnlab import store
 from churnlab.registry import Registry
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD
@@ -45,7 +44,8 @@ def staged_home(template_home, tmp_path_factory):
             os.environ.pop("CHURNLAB_HOME", None)
         else:
             os.environ["CHURNLAB_HOME"] = old
-        store.configure()
+        # no store.configure() here: with CHURNLAB_HOME unset it would create the
+        # project's own .churnlab; the autouse isolated_home configures each test
     return home
 
 

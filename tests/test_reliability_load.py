@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import _copy_db
 
-from churnlab import store
+from churnlab.gate import Policy, run_gate
 from churnlab.registry import Registry
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD
@@ -132,14 +132,19 @@ def backend(template_home, tmp_path_factory):
     old = os.environ.get("CHURNLAB_HOME")
     os.environ["CHURNLAB_HOME"] = str(home)
     try:
-        Registry().stage(1, override=True, reason="load test")
+        registry = Registry()
+        # the gate proves the ONNX graph's parity, so the backend serves what production would
+        run_gate(1, registry=registry, policy=Policy.load(latency_samples=20))
+        registry.stage(1, override=True, reason="load test")
     finally:
         if old is None:
             os.environ.pop("CHURNLAB_HOME", None)
         else:
             os.environ["CHURNLAB_HOME"] = old
-        store.configure()
+        # no store.configure() here: with CHURNLAB_HOME unset it would create the
+        # project's own .churnlab; the autouse isolated_home configures each test
     with running_backend("staging", env={"CHURNLAB_HOME": str(home)}, timeout=120) as running:
+        assert running.health()["scorer"] == "onnx"
         yield running
 
 
