@@ -16,6 +16,15 @@ import pytest
 from churnlab import store
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Flags for Debian's headless Chromium on this closed network (no background fetches).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -11,20 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM_ARGS
 
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/serving-helper")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+ARGS = CHROMIUM_ARGS
 
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
