@@ -579,10 +579,17 @@ def _failure_line(name: str, exc: BaseException) -> str:
     return f"{name} failed: {type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def run_notebook(source: Path, output: Path, parameters: dict[str, Any]) -> None:
-    """Execute one notebook with papermill in this environment's kernel (no progress bar)."""
+def run_notebook(
+    source: Path, output: Path, parameters: dict[str, Any], kernel: SharedKernel | None = None
+) -> None:
+    """Execute one notebook with papermill (no progress bar).
+
+    In ``kernel`` when one is given (reset first by :meth:`SharedKernel.fresh`), else in a
+    kernel of its own that papermill starts and stops.
+    """
     import logging
 
+    _skip_slow_format_checkers()
     import papermill
 
     logging.getLogger("papermill").setLevel(logging.ERROR)
@@ -596,7 +603,175 @@ def run_notebook(source: Path, output: Path, parameters: dict[str, Any]) -> None
         cwd=str(source.parent),
         execution_timeout=900,
         kernel_manager_class=_kernel_manager_class(),
+        **({"km": kernel.manager} if kernel is not None else {}),
     )
+
+
+def _skip_slow_format_checkers() -> None:
+    """Keep jsonschema from compiling grammars that nbformat never uses (about 2.5 s).
+
+    nbformat imports jsonschema, whose format checkers import ``rfc3987_syntax`` when it
+    is installed (JupyterLab's dependencies install it), and that module compiles about
+    forty lark grammars at import. Notebook validation checks no IRI format, so the
+    runner's process goes without it. Called by the runner, never at import.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+
+#: What a reused kernel runs before a notebook (binds no name in the user namespace).
+_FRESH_STATE = '__import__("churnlab.workbook").workbook.fresh_kernel_state()'
+_WARM_UP = '__import__("churnlab.workbook").workbook.warm_imports()'
+#: The folder and environment a reused kernel started with (filled inside the kernel).
+_KERNEL_START: dict[str, Any] = {}
+#: The modules the notebooks import, directly or on their first training, gate or smoke
+#: check: a reused kernel imports them while the runner prepares the registry.
+WARM_MODULES = (
+    "matplotlib.pyplot",
+    "churnlab.workbook",
+    "churnlab.gate",
+    "churnlab.plots",
+    "churnlab.staging",
+    "churnlab.verify",
+    "churnlab.train",
+    "churnlab.scoring",
+    "churnlab.onnx_export",
+    "mlflow.sklearn",
+    "skops.io",
+    "skl2onnx",
+    "onnxruntime",
+)
+
+
+def warm_imports() -> None:
+    """Inside a reused kernel: import :data:`WARM_MODULES` (no name is bound)."""
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+
+
+def fresh_kernel_state() -> None:
+    """Inside a reused kernel: forget what the previous notebook left behind.
+
+    The first call records the kernel's working folder and environment. Each later call
+    restores both, ends an MLflow run left open, closes figures and resets IPython: the
+    user namespace, ``In``/``Out`` and the execution count (back to 1). Imported modules
+    stay imported, which is the time saved.
+    """
+    from IPython import get_ipython
+
+    if not _KERNEL_START:
+        _KERNEL_START.update(cwd=os.getcwd(), environ=dict(os.environ))
+        return
+    os.chdir(_KERNEL_START["cwd"])
+    os.environ.clear()
+    os.environ.update(_KERNEL_START["environ"])
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+    shell = get_ipython()
+    if shell is not None:
+        shell.reset(new_session=True)
+
+
+class SharedKernel:
+    """One kernel that runs every notebook of a workbook run, reset between notebooks.
+
+    A kernel per notebook pays its start and the imports of mlflow, scikit-learn,
+    onnxruntime and matplotlib each time: about 8 s a notebook here. Before each notebook
+    but the first, :func:`fresh_kernel_state` empties the namespace and restores the folder
+    and the environment, so a notebook that uses a name it never defines fails here as it
+    would in a kernel of its own. ``pytest --nbval`` still runs each notebook alone.
+    """
+
+    def __init__(self, cwd: Path, timeout: float = 120) -> None:
+        self.cwd = cwd
+        self.timeout = timeout
+        self.manager: Any = None
+        self._client: Any = None
+        self._used = False
+
+    def start(self) -> None:
+        """Launch the kernel process and return at once (:meth:`fresh` waits for it)."""
+        from jupyter_core.utils import run_sync
+
+        self.manager = _kernel_manager_class()(kernel_name="python3")
+        run_sync(self.manager.start_kernel)(cwd=str(self.cwd))
+
+    def ready(self, warm: bool = True) -> None:
+        """Wait for the kernel, record its starting state and (``warm``) import the modules."""
+        self._client = self.manager.blocking_client()
+        self._client.start_channels()
+        self._client.wait_for_ready(timeout=self.timeout)
+        self._run(_FRESH_STATE)  # the first call records the folder and the environment
+        if warm:
+            self._run(_WARM_UP)
+
+    def fresh(self) -> None:
+        """Make the kernel ready for the next notebook: wait for it, or reset it."""
+        if self._client is None:
+            self.ready(warm=False)
+        elif self._used:
+            self._run(_FRESH_STATE)
+        self._used = True
+
+    def _run(self, code: str) -> None:
+        msg_id = self._client.execute(code, silent=True, store_history=False)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+        content = reply["content"]
+        if content.get("status") != "ok":
+            raise RuntimeError(
+                f"the kernel could not be reset: {content.get('ename')}: {content.get('evalue')}"
+            )
+
+    def stop(self) -> None:
+        """Stop the client and the kernel, whatever state they are in."""
+        from jupyter_core.utils import run_sync
+
+        if self._client is not None:
+            self._client.stop_channels()
+        if self.manager is not None and self.manager.has_kernel:
+            run_sync(self.manager.shutdown_kernel)(now=True)
+
+    def __enter__(self) -> SharedKernel:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _in_parallel(main: Callable[[], Any], other: Callable[[], Any] | None) -> None:
+    """Run ``other`` in a thread while ``main`` runs here; re-raise the first failure."""
+    import threading
+
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            other()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in this thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True) if other else None
+    if thread is not None:
+        thread.start()
+    try:
+        main()
+    finally:
+        if thread is not None:
+            thread.join()
+    if failed:
+        raise failed[0]
 
 
 def run_workbook(
@@ -606,16 +781,20 @@ def run_workbook(
     reuse_registry: bool = False,
     output: Path | None = None,
     model_name: str = store.DEFAULT_MODEL_NAME,
+    shared_kernel: bool = True,
     echo: Callable[[str], None] = print,
 ) -> WorkbookRun:
     """Run the selected notebooks in order, stop at the first failure, build the report.
 
     Executed notebooks go to ``<output>/executed/``, the report to
     ``<output>/workbook.html``. Without ``reuse_registry`` the run uses a fresh embedded
-    registry in ``<output>/registry`` so that two runs tell the same story.
+    registry in ``<output>/registry`` so that two runs tell the same story. The notebooks
+    run one after another in one kernel, reset in between (:class:`SharedKernel`), or each
+    in a kernel of its own with ``shared_kernel=False``.
     """
     from churnlab import report
 
+    _skip_slow_format_checkers()
     names = select(only)
     parameters = dict(parameters or {})
     source_dir = notebooks_dir()
@@ -635,24 +814,32 @@ def run_workbook(
     runs: list[NotebookRun] = []
     start = time.perf_counter()
     with registry_environment(home) as label:
-        if reuse_registry:
-            store.check_reachable()
-        echo(f"churnlab workbook: {len(names)} notebook(s) against the {label}")
-        for n in names:
-            mine = {k: v for k, v in parameters.items() if k in declared[n]}
-            path = executed / f"{n}.ipynb"
-            t0 = time.perf_counter()
-            try:
-                run_notebook(source_dir / f"{n}.ipynb", path, mine)
-            except Exception as exc:  # papermill's execution error, a dead kernel, ...
+        with contextlib.ExitStack() as kernels:
+            if reuse_registry:
+                store.check_reachable()
+            echo(f"churnlab workbook: {len(names)} notebook(s) against the {label}")
+            kernel = kernels.enter_context(SharedKernel(source_dir)) if shared_kernel else None
+            if kernel is not None:  # the kernel imports while the fresh store is created
+                t0 = time.perf_counter()
+                _in_parallel(kernel.ready, None if reuse_registry else store.ensure_experiment)
+                echo(f"  {'kernel':12} ready  {time.perf_counter() - t0:6.1f} s")
+            for n in names:
+                mine = {k: v for k, v in parameters.items() if k in declared[n]}
+                path = executed / f"{n}.ipynb"
+                t0 = time.perf_counter()
+                try:
+                    if kernel is not None:
+                        kernel.fresh()
+                    run_notebook(source_dir / f"{n}.ipynb", path, mine, kernel)
+                except Exception as exc:  # papermill's execution error, a dead kernel, ...
+                    seconds = time.perf_counter() - t0
+                    line = _failure_line(n, exc)
+                    runs.append(NotebookRun(n, path, seconds, "failed", line))
+                    echo(f"  {n:12} FAILED {seconds:6.1f} s")
+                    break
                 seconds = time.perf_counter() - t0
-                line = _failure_line(n, exc)
-                runs.append(NotebookRun(n, path, seconds, "failed", line))
-                echo(f"  {n:12} FAILED {seconds:6.1f} s")
-                break
-            seconds = time.perf_counter() - t0
-            runs.append(NotebookRun(n, path, seconds))
-            echo(f"  {n:12} ok     {seconds:6.1f} s")
+                runs.append(NotebookRun(n, path, seconds))
+                echo(f"  {n:12} ok     {seconds:6.1f} s")
         result = WorkbookRun(runs, None, label, parameters, time.perf_counter() - start)
         result.report = report.build_report(
             result, out=output / "workbook.html", model_name=model_name
@@ -674,6 +861,7 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
     from nbclient.exceptions import CellExecutionError
 
     names = list(names or NOTEBOOKS)
+    _skip_slow_format_checkers()
     with contextlib.ExitStack() as stack:
         if home is None:
             home = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "home"
@@ -715,6 +903,7 @@ def cmd_workbook(args) -> int:
         reuse_registry=args.reuse_registry,
         output=Path(args.output) if args.output else None,
         model_name=args.model,
+        shared_kernel=not args.kernel_per_notebook,
     )
     if result.report is not None:
         print(f"report: {_relative(result.report)} ({result.seconds:.1f} s in all)")
@@ -797,6 +986,12 @@ def add_cli(subparsers) -> None:
     )
     p.add_argument("--output", help="folder for executed/ and workbook.html (default: reports)")
     p.add_argument(
+        "--kernel-per-notebook",
+        action="store_true",
+        help="start a kernel for each notebook instead of reusing one, reset between "
+        "notebooks (slower by about 8 s a notebook; the same results)",
+    )
+    p.add_argument(
         "--update-notebooks",
         action="store_true",
         help="maintainers: re-execute the committed notebooks in place (fresh registry)",
@@ -814,11 +1009,13 @@ __all__ = [
     "NOTEBOOKS",
     "DriftCheck",
     "NotebookFailed",
+    "SharedKernel",
     "WorkbookRun",
     "checks_table",
     "data_table",
     "drift_check",
     "evaluation",
+    "fresh_kernel_state",
     "history_table",
     "measurements",
     "next_to_stage",

@@ -7,6 +7,7 @@ purpose to show how the runner stops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -105,10 +106,11 @@ def test_runner_prints_one_line_per_notebook_and_nothing_on_stderr(run):
     assert lines[0].startswith(
         "churnlab workbook: 5 notebook(s) against the fresh embedded registry"
     )
-    for name, line in zip(workbook.NOTEBOOKS, lines[1:6], strict=True):
+    assert re.fullmatch(r"\s+kernel\s+ready\s+\d+\.\d s", lines[1]), "one kernel, started once"
+    for name, line in zip(workbook.NOTEBOOKS, lines[2:7], strict=True):
         assert re.fullmatch(rf"\s+{name}\s+ok\s+\d+\.\d s", line), line
-    assert re.fullmatch(r"report: .*workbook\.html \(\d+\.\d s in all\)", lines[6])
-    assert len(lines) == 7
+    assert re.fullmatch(r"report: .*workbook\.html \(\d+\.\d s in all\)", lines[7])
+    assert len(lines) == 8
 
 
 def test_executed_notebooks_carry_their_outputs_and_no_errors(run):
@@ -243,7 +245,7 @@ def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path)
         out.stderr,
     ), out.stderr
     lines = out.stdout.splitlines()
-    assert [ln.split()[:2] for ln in lines[1:4]] == [
+    assert [ln.split()[:2] for ln in lines[2:5]] == [
         ["01_train", "ok"],
         ["02_gate", "ok"],
         ["03_staging", "FAILED"],
@@ -255,6 +257,54 @@ def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path)
     page = out.report.read_text()
     assert 'class="wb-failure">Stopped: 03_staging failed in cell' in page
     assert report.network_references(page) == []
+
+
+def _notebook(path, *sources: str):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in sources])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-kernel", "kernel-per-notebook"])
+def test_a_notebook_never_sees_what_the_previous_one_left(tmp_path, shared):
+    """Reusing one kernel keeps modules, never names, variables, folder or environment."""
+    from papermill.exceptions import PapermillExecutionError
+
+    first = _notebook(
+        tmp_path / "a.ipynb",
+        "import os\nimport mlflow\nleft_over = 41\nos.environ['WB_LEFT_OVER'] = '1'\n"
+        "os.chdir('/')\nmlflow.set_tracking_uri('file:///nowhere')",
+        "print(left_over + 1)",
+    )
+    second = _notebook(
+        tmp_path / "b.ipynb",
+        "import os, sys\nprint(os.environ.get('WB_LEFT_OVER'), os.getcwd() == sys.argv[0] or "
+        "os.path.basename(os.getcwd()), 'mlflow' in sys.modules)",
+        "print(left_over)",
+    )
+    with contextlib.ExitStack() as stack:
+        kernel = stack.enter_context(workbook.SharedKernel(tmp_path)) if shared else None
+        for source in (first, second):
+            if kernel is not None:
+                kernel.fresh()
+            try:
+                workbook.run_notebook(source, source.with_suffix(".out.ipynb"), {}, kernel)
+            except PapermillExecutionError as exc:
+                failure = (source.name, exc.ename, exc.exec_count)
+    assert failure == ("b.ipynb", "NameError", 2), "left_over is gone in the second notebook"
+    done = code_cells(tmp_path / "a.out.ipynb")
+    assert done[1].outputs[0]["text"] == "42\n"
+    cells = code_cells(tmp_path / "b.out.ipynb")
+    assert [c.execution_count for c in cells] == [1, 2], "counts start again at 1"
+    environ, folder, imported = cells[0].outputs[0]["text"].split()
+    assert environ == "None", "the environment the kernel started with"
+    assert folder == tmp_path.name, "the notebook's folder, not where the last one went"
+    assert imported == str(shared), "a reused kernel keeps its modules (the time saved)"
 
 
 def test_reuse_registry_runs_against_the_students_own_store(trained_home, tmp_path):
