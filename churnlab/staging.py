@@ -409,9 +409,19 @@ def _check_health(health: dict[str, Any], model_name: str, version: int, stage: 
     )
 
 
-def _check_predictions(backend: Backend, registry, version: int) -> dict[str, Any]:
-    import numpy as np
+@dataclass
+class Reference:
+    """What the served predictions must equal: the evaluation snapshot scored in-process."""
 
+    records: list[dict[str, Any]]
+    expected: Any  # numpy array of churn probabilities, one per record
+
+
+def reference(registry, version: int) -> Reference:
+    """Score ``version``'s evaluation snapshot with its scikit-learn pipeline, in-process.
+
+    The smoke check computes it while the backend starts (the two use different cores).
+    """
     from churnlab import data, schema
     from churnlab.scoring import Scorer
 
@@ -419,8 +429,16 @@ def _check_predictions(backend: Backend, registry, version: int) -> dict[str, An
     expected = Scorer.from_registry(registry, version, kind="sklearn").predict_proba(
         data.features(frame)
     )
-    columns = [schema.ID_COLUMN, *schema.FEATURE_NAMES]
-    records = frame[columns].to_dict(orient="records")
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    return Reference(records, expected)
+
+
+def _check_predictions(backend: Backend, ref: Reference | Exception) -> dict[str, Any]:
+    import numpy as np
+
+    if isinstance(ref, Exception):  # computing it failed while the backend started
+        raise ref
+    records, expected = ref.records, ref.expected
     served: list[float] = []
     flags: list[bool] = []
     for start in range(0, len(records), BATCH):
@@ -523,9 +541,14 @@ def smoke_check(
     mv = registry.version(number)
     result = SmokeResult(registry.model_name, number, stage)
     backend = Backend(stage, model_name=registry.model_name)
+    ref: Reference | Exception | None = None
     try:
         try:
             backend.start()
+            try:  # while the backend process starts
+                ref = reference(registry, number)
+            except Exception as exc:  # noqa: BLE001 - reported by the predictions check
+                ref = exc
             backend.wait_ready()
         except BackendFailed as exc:
             result.checks.append(_check("startup", False, None, STARTUP_TIMEOUT_S, str(exc)))
@@ -540,7 +563,9 @@ def smoke_check(
                     "seconds from process start to /health answering",
                 )
             )
-            _run_checks(backend, registry, mv, result, latency_requests, max_p95_ms, max_rss_mb)
+            _run_checks(
+                backend, registry, mv, ref, result, latency_requests, max_p95_ms, max_rss_mb
+            )
     finally:
         backend.stop()
     if record:
@@ -548,7 +573,9 @@ def smoke_check(
     return result
 
 
-def _run_checks(backend, registry, mv, result, latency_requests, max_p95_ms, max_rss_mb) -> None:
+def _run_checks(
+    backend, registry, mv, ref, result, latency_requests, max_p95_ms, max_rss_mb
+) -> None:
     import requests
 
     number = result.version
@@ -557,7 +584,7 @@ def _run_checks(backend, registry, mv, result, latency_requests, max_p95_ms, max
         result.checks.append(
             _check_health(result.health, registry.model_name, number, result.stage, mv.run_id)
         )
-        result.checks.append(_check_predictions(backend, registry, number))
+        result.checks.append(_check_predictions(backend, ref))
         result.p50_ms, result.p95_ms, latency = _check_latency(
             backend, latency_requests, max_p95_ms
         )

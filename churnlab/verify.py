@@ -122,11 +122,26 @@ def sample(rows: int = 50):
     return data.generate(rows, seed=SAMPLE_SEED)
 
 
-def _verify_stage(backend: Backend, registry, stage: str, alias_version: int, frame) -> tuple:
+def _expected(registry, version: int, frame):
+    """``version``'s churn probabilities for ``frame`` from its scikit-learn pipeline, or
+    the exception that prevented them (raised when a backend's answers are compared)."""
+    from churnlab import data
+    from churnlab.scoring import Scorer
+
+    try:
+        return Scorer.from_registry(registry, version, kind="sklearn").predict_proba(
+            data.features(frame)
+        )
+    except Exception as exc:  # noqa: BLE001 - raised where the comparison needs it
+        return exc
+
+
+def _verify_stage(
+    backend: Backend, registry, stage: str, alias_version: int, frame, expected
+) -> tuple:
     import numpy as np
 
-    from churnlab import data, schema
-    from churnlab.scoring import Scorer
+    from churnlab import schema
 
     mv = registry.version(alias_version)
     row: dict[str, Any] = {
@@ -155,9 +170,8 @@ def _verify_stage(backend: Backend, registry, stage: str, alias_version: int, fr
     elif row["run_id"] != mv.run_id:
         problems.append("run id differs from the registered version's")
     records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
-    expected = Scorer.from_registry(registry, alias_version, kind="sklearn").predict_proba(
-        data.features(frame)
-    )
+    if isinstance(expected, Exception):
+        raise expected
     try:
         answer = backend.predict(records)
         served = np.asarray([p["churn_probability"] for p in answer["predictions"]])
@@ -226,6 +240,9 @@ def verify_side_by_side(
             for backend in backends.values():  # start both, then wait for both
                 stack.callback(backend.stop)
                 backend.start()
+        # what each backend must answer, computed here while they start
+        expected = {s: _expected(registry, holders[s], frame) for s in stages}
+        if not attach:
             for s, backend in backends.items():
                 try:
                     backend.wait_ready()
@@ -245,7 +262,7 @@ def verify_side_by_side(
                 }
                 health: dict[str, Any] = {}
             else:
-                row, health = _verify_stage(backend, registry, s, holders[s], frame)
+                row, health = _verify_stage(backend, registry, s, holders[s], frame, expected[s])
             result.rows.append(row)
             result.health[s] = health
 
