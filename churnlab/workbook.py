@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import shutil
 import sys
 import time
@@ -707,31 +708,38 @@ class SharedKernel:
         """Wait for the kernel, record its starting state and (``warm``) import the modules."""
         self._client = self.manager.blocking_client()
         self._client.start_channels()
-        self._client.wait_for_ready(timeout=self.timeout)
-        self._run(_FRESH_STATE)  # the first call records the folder and the environment
-        if warm:
-            self._run(_WARM_UP)
+        try:
+            self._client.wait_for_ready(timeout=self.timeout)
+            self._run(_FRESH_STATE)  # the first call records the folder and the environment
+            if warm:
+                self._run(_WARM_UP)
+        except (RuntimeError, TimeoutError) as exc:
+            raise NotebookFailed(f"the notebooks' kernel did not start: {exc}") from None
 
     def fresh(self) -> None:
         """Make the kernel ready for the next notebook: wait for it, or reset it."""
         if self._client is None:
             self.ready(warm=False)
         elif self._used:
-            self._run(_FRESH_STATE)
+            try:
+                self._run(_FRESH_STATE)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"the kernel could not be reset: {exc}") from None
         self._used = True
 
     def _run(self, code: str) -> None:
         msg_id = self._client.execute(code, silent=True, store_history=False)
         deadline = time.monotonic() + self.timeout
         while True:
-            reply = self._client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                reply = self._client.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no answer within {self.timeout:g} s") from None
             if reply["parent_header"].get("msg_id") == msg_id:
                 break
         content = reply["content"]
         if content.get("status") != "ok":
-            raise RuntimeError(
-                f"the kernel could not be reset: {content.get('ename')}: {content.get('evalue')}"
-            )
+            raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
 
     def stop(self) -> None:
         """Stop the client and the kernel, whatever state they are in."""

@@ -307,6 +307,15 @@ def test_a_notebook_never_sees_what_the_previous_one_left(tmp_path, shared):
     assert imported == str(shared), "a reused kernel keeps its modules (the time saved)"
 
 
+def test_a_kernel_that_does_not_start_is_one_clear_failure(tmp_path):
+    with workbook.SharedKernel(tmp_path, timeout=0.01) as kernel:
+        with pytest.raises(
+            workbook.NotebookFailed, match=r"^the notebooks' kernel did not start: "
+        ):
+            kernel.ready()
+    assert not kernel.manager.has_kernel, "the kernel process was stopped"
+
+
 def test_reuse_registry_runs_against_the_students_own_store(trained_home, tmp_path):
     done = run_cli(
         "workbook", "--reuse-registry", "--only", "02", "--output", str(tmp_path / "reports")
