@@ -102,15 +102,23 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r"IProgress not found")
 
 
+def environment_defaults() -> None:
+    """The quiet logging and HTTP defaults of :func:`configure`, without importing MLflow.
+
+    The environment is what processes started afterwards (kernels, backends) inherit.
+    """
+    quiet()
+    for key, value in _HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def configure() -> str:
     """Point MLflow at the churnlab store, quietly; return the tracking URI.
 
     Called by every entry point (CLI, notebooks, server, tests). Creates the embedded
     store's folder when it is used.
     """
-    quiet()
-    for key, value in _HTTP_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    environment_defaults()
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not is_remote():
         home().mkdir(parents=True, exist_ok=True)

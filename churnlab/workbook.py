@@ -524,12 +524,16 @@ def _kernel_manager_class():
 
 
 @contextlib.contextmanager
-def registry_environment(home: Path | None, actor: str | None = None) -> Iterator[str]:
+def registry_environment(
+    home: Path | None, actor: str | None = None, configure: bool = True
+) -> Iterator[str]:
     """Point this process, and the kernels it starts, at a registry; restore on exit.
 
     ``home`` is a fresh embedded store's folder (emptied first; the tracking server
     variables are ignored), or None for the store the environment already names.
-    Yields a label for the registry that is safe to print.
+    ``configure=False`` sets the environment only, leaving :func:`store.configure` (which
+    imports MLflow, ~2 s) to the caller. Yields a label for the registry that is safe to
+    print.
     """
     keys = ("CHURNLAB_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "CHURNLAB_ACTOR")
     saved = {k: os.environ.get(k) for k in keys}
@@ -546,7 +550,10 @@ def registry_environment(home: Path | None, actor: str | None = None) -> Iterato
             os.environ.pop("MLFLOW_REGISTRY_URI", None)
         if actor:
             os.environ["CHURNLAB_ACTOR"] = actor
-        store.configure()
+        if configure:
+            store.configure()
+        else:
+            store.environment_defaults()
         yield _label(home)
     finally:
         for k, v in saved.items():
@@ -821,16 +828,25 @@ def run_workbook(
 
     runs: list[NotebookRun] = []
     start = time.perf_counter()
-    with registry_environment(home) as label:
+
+    def prepare() -> None:  # MLflow (~2 s to import) and the fresh store (~3 s to create)
+        store.configure()
+        if not reuse_registry:
+            store.ensure_experiment()
+
+    with registry_environment(home, configure=reuse_registry) as label:
+        if reuse_registry:  # an unreachable server fails here, before anything starts
+            store.check_reachable()
         with contextlib.ExitStack() as kernels:
-            if reuse_registry:
-                store.check_reachable()
             echo(f"churnlab workbook: {len(names)} notebook(s) against the {label}")
-            kernel = kernels.enter_context(SharedKernel(source_dir)) if shared_kernel else None
-            if kernel is not None:  # the kernel imports while the fresh store is created
+            kernel = None
+            if shared_kernel:  # the kernel imports while this process prepares the store
                 t0 = time.perf_counter()
-                _in_parallel(kernel.ready, None if reuse_registry else store.ensure_experiment)
+                kernel = kernels.enter_context(SharedKernel(source_dir))
+                _in_parallel(kernel.ready, prepare)
                 echo(f"  {'kernel':12} ready  {time.perf_counter() - t0:6.1f} s")
+            else:
+                prepare()
             for n in names:
                 mine = {k: v for k, v in parameters.items() if k in declared[n]}
                 path = executed / f"{n}.ipynb"
