@@ -1,7 +1,10 @@
 """Scoring a registered version: the one path from customer records to churn probabilities.
 
 The serving backend, the staging smoke check and the verification all score through a
-:class:`Scorer`, so they cannot disagree about how a record becomes a probability.
+:class:`Scorer`, so they cannot disagree about how a record becomes a probability. A batch
+comes either as records (dicts keyed by feature name: :meth:`Scorer.score_records`) or as
+columns (feature name -> values, as the backend receives large batches:
+:meth:`Scorer.score_columns`); both reach the model through the same two arrays.
 
 A scorer runs one of two models of the same version, and says which in ``kind``:
 
@@ -15,7 +18,7 @@ A scorer runs one of two models of the same version, and says which in ``kind``:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, Literal
@@ -37,6 +40,17 @@ def records_to_frame(records: Sequence[dict[str, Any]]):
     import pandas as pd
 
     frame = pd.DataFrame.from_records(list(records), columns=list(schema.FEATURE_NAMES))
+    return frame.astype(schema.pandas_dtypes())
+
+
+def columns_to_frame(columns: Mapping[str, Sequence[Any]]):
+    """Columns (feature name -> values) as a model input frame; ``gender`` may be absent."""
+    import pandas as pd
+
+    size = _column_size(columns)
+    frame = pd.DataFrame(
+        {name: columns[name] if name in columns else [None] * size for name in schema.FEATURE_NAMES}
+    )
     return frame.astype(schema.pandas_dtypes())
 
 
@@ -75,6 +89,48 @@ def records_to_inputs(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray
         categorical = None
     if categorical is None or categorical.shape != (len(records), len(schema.CATEGORICAL)):
         raise InputError("categorical features must be single values, not lists")
+    return {onnx_export.CATEGORICAL_INPUT: categorical, onnx_export.NUMERIC_INPUT: numeric}
+
+
+def _column_size(columns: Mapping[str, Sequence[Any]]) -> int:
+    """The number of customers in ``columns``; :class:`InputError` when a model feature is
+    missing or the columns differ in length."""
+    needed = (*schema.CATEGORICAL, *schema.NUMERIC)
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise InputError(f"the columns have no {missing[0]!r}")
+    text = [name for name in needed if isinstance(columns[name], str | bytes)]
+    if text:
+        raise InputError(f"{text[0]} must be a list of values, one per customer")
+    sizes = {name: len(columns[name]) for name in needed}
+    if len(set(sizes.values())) > 1:
+        odd = ", ".join(f"{name} has {n}" for name, n in sizes.items())
+        raise InputError(f"every column needs one value per customer: {odd}")
+    return sizes[needed[0]]
+
+
+def columns_to_inputs(columns: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    """The ONNX graph's two inputs from columns (feature name -> values, one per customer).
+
+    Columns beyond the model's features (``customerID``, ``gender``) are ignored; a missing
+    feature, columns of different lengths or a non-numeric number raise :class:`InputError`
+    naming it. A categorical value outside the vocabulary, whatever its type, scores as
+    unknown (the serving contract refuses it before it gets here). Each array is filled
+    column by column: numpy copies a list into an array column in one pass, much faster
+    than building the array from rows.
+    """
+    size = _column_size(columns)
+    categorical = np.empty((size, len(schema.CATEGORICAL)), dtype=object)
+    numeric = np.empty((size, len(schema.NUMERIC)), dtype=np.float64)
+    for j, name in enumerate(schema.CATEGORICAL):
+        categorical[:, j] = columns[name]
+    for j, name in enumerate(schema.NUMERIC):
+        try:
+            numeric[:, j] = columns[name]
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a finite number for every customer") from None
+        if not np.isfinite(numeric[:, j]).all():
+            raise InputError(f"{name} must be a finite number for every customer")
     return {onnx_export.CATEGORICAL_INPUT: categorical, onnx_export.NUMERIC_INPUT: numeric}
 
 
@@ -139,10 +195,29 @@ class Scorer:
             return self.model.churn_probability(records_to_inputs(records))
         return self.predict_proba(records_to_frame(records))
 
+    def churn_probability_of_columns(self, columns: Mapping[str, Sequence[Any]]) -> np.ndarray:
+        """Churn probability per customer of ``columns`` (feature name -> values)."""
+        if self.kind == "onnx":
+            inputs = columns_to_inputs(columns)
+            if not len(inputs[onnx_export.NUMERIC_INPUT]):
+                return np.zeros(0, dtype=np.float64)
+            return self.model.churn_probability(inputs)
+        if not _column_size(columns):
+            return np.zeros(0, dtype=np.float64)
+        return self.predict_proba(columns_to_frame(columns))
+
     def score_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """``[{"churn_probability": p, "churn": p >= 0.5}, ...]`` for each record."""
-        proba = self.churn_probability(records).tolist()
-        return [{"churn_probability": p, "churn": p >= THRESHOLD} for p in proba]
+        return decisions(self.churn_probability(records))
+
+    def score_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+        """What :meth:`score_records` gives, for customers sent as columns."""
+        return decisions(self.churn_probability_of_columns(columns))
+
+
+def decisions(probability: np.ndarray) -> list[dict[str, Any]]:
+    """``[{"churn_probability": p, "churn": p >= 0.5}, ...]``: each customer's answer."""
+    return [{"churn_probability": p, "churn": p >= THRESHOLD} for p in probability.tolist()]
 
 
 def _choose(artifact: str | None, parity: str | None) -> tuple[Kind, str]:

@@ -7,12 +7,17 @@ import pytest
 
 from churnlab import data, onnx_export, schema
 from churnlab.errors import InputError
-from churnlab.scoring import PARITY_TAG, Scorer, records_to_inputs
+from churnlab.scoring import PARITY_TAG, Scorer, columns_to_inputs, records_to_inputs
 
 
 def records(frame, with_id: bool = True) -> list[dict]:
     columns = [schema.ID_COLUMN, *schema.FEATURE_NAMES] if with_id else list(schema.FEATURE_NAMES)
     return frame[columns].to_dict("records")
+
+
+def columns(frame, with_id: bool = True) -> dict[str, list]:
+    """The same customers as :func:`records`, one list per feature (as JSON would bring them)."""
+    return {name: [r[name] for r in records(frame, with_id)] for name in records(frame, with_id)[0]}
 
 
 def prove_parity(registry, version: int) -> None:
@@ -143,3 +148,43 @@ def test_records_become_the_graphs_two_inputs(customers):
     first = customers.iloc[0]
     assert list(categorical[0]) == [first[c] for c in schema.CATEGORICAL]
     assert list(numeric[0]) == [float(first[c]) for c in schema.NUMERIC]
+
+
+@pytest.mark.parametrize("kind", ["onnx", "sklearn"])
+def test_columns_score_exactly_like_records(registry, customers, kind):
+    scorer = Scorer.from_registry(registry, 2, kind=kind)
+    by_records = scorer.score_records(records(customers))
+    by_columns = scorer.score_columns(columns(customers))
+    assert by_columns == by_records
+    assert len({s["churn_probability"] for s in by_columns}) > 1
+    # gender is not used by the model: a batch without it scores the same
+    without = {k: v for k, v in columns(customers, with_id=False).items() if k != "gender"}
+    assert scorer.score_columns(without) == by_records
+
+
+def test_columns_become_the_same_two_inputs_as_records(customers):
+    from_columns = columns_to_inputs(columns(customers.head(50)))
+    from_records = records_to_inputs(records(customers.head(50)))
+    assert list(from_columns) == list(from_records)
+    for name, array in from_columns.items():
+        assert array.dtype == from_records[name].dtype and array.shape == from_records[name].shape
+        np.testing.assert_array_equal(array, from_records[name])
+
+
+def test_an_empty_batch_of_columns_scores_to_nothing(registry):
+    empty = {name: [] for name in schema.FEATURE_NAMES}
+    for kind in ("onnx", "sklearn"):
+        assert Scorer.from_registry(registry, 1, kind=kind).score_columns(empty) == []
+
+
+def test_bad_columns_are_refused_by_name(customers):
+    good = columns(customers.head(3))
+    with pytest.raises(InputError, match=r"the columns have no 'tenure'"):
+        columns_to_inputs({k: v for k, v in good.items() if k != "tenure"})
+    with pytest.raises(InputError, match=r"one value per customer: .*Contract has 2"):
+        columns_to_inputs({**good, "Contract": good["Contract"][:2]})
+    for bad in ("cheap", None, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="MonthlyCharges must be a finite number"):
+            columns_to_inputs({**good, "MonthlyCharges": [1.0, bad, 2.0]})
+    with pytest.raises(InputError, match="Contract must be a list of values"):
+        columns_to_inputs({**good, "Contract": "Yes"})  # as long as the batch: still refused

@@ -1,7 +1,8 @@
 """The serving API in-process (FastAPI's TestClient): endpoints and the input contract.
 
 One app per module, loaded from a real registry (a copy of the session's template with
-v1 staged): every contract case is a real request through the real app and Scorer.
+v1 staged): every contract case is a real request through the real app and Scorer, in
+both request layouts (records and columns).
 """
 
 from __future__ import annotations
@@ -22,30 +23,65 @@ MAX_BODY = 64 * 1024
 GOOD = {k: v for k, v in contract.EXAMPLE_RECORD.items()}
 
 
-@pytest.fixture(scope="module")
-def module_app(template_home, tmp_path_factory):
-    """An app serving @staging = v1 of a private registry, with small limits."""
+def _staged_app(template_home, tmp_path_factory, folder: str, prove_onnx: bool):
+    """A TestClient on an app serving @staging = v1 of a private copy of the template.
+
+    ``prove_onnx`` first runs the gate's own ONNX parity check on v1 and records its pass,
+    so that the app serves the graph; otherwise it serves the scikit-learn pipeline.
+    """
     import warnings
 
+    from churnlab import gate
     from churnlab.registry import Registry
+    from churnlab.scoring import PARITY_TAG
 
     with warnings.catch_warnings():  # starlette's note about its httpx client
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    home = tmp_path_factory.mktemp("api-home")
+    home = tmp_path_factory.mktemp(folder)
     _copy_db(template_home, home)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHURNLAB_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         store.configure()
         registry = Registry()
-        registry.stage(1, override=True, reason="api tests")
+        if prove_onnx:
+            check = gate.check_onnx_parity(
+                registry, 1, registry.load_model(1), registry.snapshot(1), gate.Policy.load()
+            )
+            assert check.status == "pass", check
+            registry.client.set_model_version_tag(registry.model_name, "1", PARITY_TAG, "pass")
+        registry.stage(1, override=True, reason=f"api tests ({folder})")
         app = create_app(
             Settings(stage="staging", max_records=MAX_RECORDS, max_body_bytes=MAX_BODY)
         )
         with TestClient(app) as client:
             yield client, registry, home
+
+
+@pytest.fixture(scope="module")
+def module_app(template_home, tmp_path_factory):
+    """An app serving @staging = v1 of a private registry, with small limits."""
+    yield from _staged_app(template_home, tmp_path_factory, "api-home", prove_onnx=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_app(template_home, tmp_path_factory):
+    """An app serving v1 through its ONNX graph: parity proven by the gate's own check."""
+    yield from _staged_app(template_home, tmp_path_factory, "api-onnx-home", prove_onnx=True)
+
+
+@pytest.fixture(params=["sklearn", "onnx"])
+def either(request, monkeypatch):
+    """Each app in turn (scikit-learn, then ONNX), MLflow pointed at its store."""
+    client, registry, home = request.getfixturevalue(
+        "module_app" if request.param == "sklearn" else "onnx_app"
+    )
+    monkeypatch.setenv("CHURNLAB_HOME", str(home))
+    store.configure()
+    assert client.get("/health").json()["scorer"] == request.param
+    return client, registry
 
 
 @pytest.fixture
@@ -67,6 +103,11 @@ def post(client, payload, **headers):
     return client.post(
         "/predict", content=body, headers={"Content-Type": "application/json", **headers}
     )
+
+
+def as_columns(records):
+    """The same customers as a columns request body."""
+    return {"columns": contract.to_columns(records)}
 
 
 # ---------------------------------------------------------------------------- endpoints
@@ -170,14 +211,31 @@ def test_openapi_documents_the_request_from_the_schema(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
-    record = body["schema"]["properties"]["records"]["items"]
+    by_records, by_columns = body["schema"]["oneOf"]
+    assert by_records["required"] == ["records"] and by_columns["required"] == ["columns"]
+    assert by_records["additionalProperties"] is False is by_columns["additionalProperties"]
+    record = by_records["properties"]["records"]["items"]
     assert record["additionalProperties"] is False
     assert set(record["properties"]) == {schema.ID_COLUMN, *schema.FEATURE_NAMES}
     assert set(record["required"]) == set(schema.FEATURE_NAMES)
     contract_enum = record["properties"]["Contract"]["enum"]
     assert contract_enum == list(schema.feature("Contract").values)
     assert record["properties"]["tenure"]["maximum"] == schema.feature("tenure").maximum
-    assert body["schema"]["properties"]["records"]["maxItems"] == MAX_RECORDS
+    assert by_records["properties"]["records"]["maxItems"] == MAX_RECORDS
+    columns = by_columns["properties"]["columns"]
+    assert columns["additionalProperties"] is False
+    assert set(columns["properties"]) == {schema.ID_COLUMN, *schema.FEATURE_NAMES}
+    assert set(columns["required"]) == set(schema.FEATURE_NAMES)
+    tenure = columns["properties"]["tenure"]
+    assert (tenure["type"], tenure["minItems"], tenure["maxItems"]) == ("array", 1, MAX_RECORDS)
+    assert tenure["items"]["maximum"] == schema.feature("tenure").maximum
+    assert columns["properties"]["Contract"]["items"]["enum"] == contract_enum
+    # both documented examples are requests the server accepts, with the same answer
+    examples = body["examples"]
+    assert set(examples) == {"records", "columns"}
+    answers = [post(client, examples[k]["value"]) for k in ("records", "columns")]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert answers[0].json() == answers[1].json()
 
 
 def test_page_is_self_contained(client):
@@ -332,7 +390,7 @@ def test_all_problems_are_listed(client):
     [
         ({"records": []}, 422, "the batch is empty"),
         ({"records": [GOOD] * (MAX_RECORDS + 1)}, 422, f"at most {MAX_RECORDS} records"),
-        ({}, 422, "records: required field is missing"),
+        ({}, 422, "body: send exactly one of records (a list of customer objects) or columns"),
         ({"records": [GOOD], "threshold": 0.3}, 422, "threshold: unknown field"),
         ({"records": GOOD}, 422, "records: input should be a valid array"),
         ([GOOD], 422, "body: input should be an object"),
@@ -358,6 +416,153 @@ def test_batch_at_the_limit_is_accepted(client):
     answer = post(client, {"records": [GOOD] * MAX_RECORDS})
     assert answer.status_code == 200
     assert len(answer.json()["predictions"]) == MAX_RECORDS
+    answer = post(client, as_columns([GOOD] * MAX_RECORDS))
+    assert answer.status_code == 200
+    assert len(answer.json()["predictions"]) == MAX_RECORDS
+
+
+# ---------------------------------------------------------------------------- columns
+def test_columns_and_records_give_identical_answers(either):
+    """The same customers in both layouts: the same probabilities, to the bit, in order."""
+    from churnlab.scoring import Scorer
+    from serving.app import INLINE_BODY_BYTES
+
+    client, registry = either
+    frame = registry.snapshot(1, "evaluation").head(MAX_RECORDS)
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    by_records = post(client, {"records": records})
+    by_columns = post(client, as_columns(records))
+    assert by_records.status_code == by_columns.status_code == 200
+    assert by_columns.json() == by_records.json()
+    assert by_columns.content == by_records.content
+    # what the server sent is exactly what the version's Scorer computes in-process
+    expected = Scorer.from_registry(registry, 1).score_records(records)
+    assert by_columns.json()["predictions"] == expected
+    assert len({p["churn_probability"] for p in expected}) > 1
+    # with the ONNX graph, the small columns body is scored on the event loop and the large
+    # records body in a worker thread: both paths give the same answer
+    assert len(json.dumps(as_columns(records))) <= INLINE_BODY_BYTES
+    assert len(json.dumps({"records": records})) > INLINE_BODY_BYTES
+    # and one customer alone gets what it gets in a batch (to the last bit or so)
+    alone = post(client, as_columns(records[:1])).json()["predictions"][0]
+    assert alone["churn"] == expected[0]["churn"]
+    assert alone["churn_probability"] == pytest.approx(expected[0]["churn_probability"], abs=1e-12)
+
+
+def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(either):
+    """A full collection of the loaded MLflow/onnxruntime heap would stall a request."""
+    import gc
+
+    assert gc.get_freeze_count() > 10_000
+
+
+def test_columns_take_integers_written_as_floats_and_no_customer_ids(client):
+    reference = post(client, as_columns([GOOD, {**GOOD, "tenure": 30}])).json()
+    columns = {k: v for k, v in as_columns([GOOD, {**GOOD, "tenure": 30}])["columns"].items()}
+    columns["tenure"] = [1.0, 30.0]  # not msgspec's int: the pydantic path takes it
+    del columns[schema.ID_COLUMN]
+    answer = post(client, {"columns": columns})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == reference
+    columns[schema.ID_COLUMN] = [None, "x"]
+    assert post(client, {"columns": columns}).json() == reference
+
+
+def _bad_columns(**changes):
+    columns = as_columns([GOOD, GOOD])["columns"]
+    for name, value in changes.items():
+        if value is _DROP:
+            del columns[name]
+        else:
+            columns[name] = value
+    return {"columns": columns}
+
+
+_DROP = object()
+
+BAD_COLUMNS = [
+    ("string for an integer", {"tenure": [1, "12"]}, "columns.tenure[1]", "valid integer"),
+    ("unknown category", {"Contract": ["One year", "Monthly"]}, "columns.Contract[1]", "One year"),
+    ("NaN", {"MonthlyCharges": [1.0, float("nan")]}, "columns.MonthlyCharges[1]", "finite"),
+    ("above the maximum", {"tenure": [121, 1]}, "columns.tenure[0]", "less than or equal to 120"),
+    ("unknown column", {"shoe_size": [44, 45]}, "columns.shoe_size", "unknown field"),
+    ("missing column", {"tenure": _DROP}, "columns.tenure", "required field is missing"),
+    ("not a list", {"tenure": 3}, "columns.tenure", "valid array"),
+    ("empty column", {"tenure": []}, "columns.tenure", "the batch is empty"),
+    ("null ids", {"customerID": None}, "columns.customerID", "valid array"),
+    ("non-string id", {"customerID": ["a", 7]}, "columns.customerID[1]", "string"),
+    (
+        "unequal lengths",
+        {"tenure": [1, 2, 3]},
+        "columns",
+        "every column needs one value per customer: 19 columns have 2 values, but tenure has 3",
+    ),
+    (
+        "too many customers",
+        {n: [v[0]] * (MAX_RECORDS + 1) for n, v in as_columns([GOOD])["columns"].items()},
+        "columns.customerID",
+        f"at most {MAX_RECORDS} customers, got {MAX_RECORDS + 1} values",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "says"),
+    [case[1:] for case in BAD_COLUMNS],
+    ids=[case[0] for case in BAD_COLUMNS],
+)
+def test_bad_columns_get_422_naming_the_column_and_customer(client, changes, where, says):
+    answer = post(client, _bad_columns(**changes))
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["detail"].startswith(f"{where}: "), body["detail"]
+    assert says.lower() in body["detail"].lower(), body["detail"]
+    assert "\n" not in body["detail"]
+    assert body["errors"][0]["field"] == where
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"records": [GOOD], **as_columns([GOOD])}, {"rows": [GOOD]}, {"columns": None, "x": 1}],
+    ids=["neither", "both", "another name", "null columns and more"],
+)
+def test_a_body_with_both_layouts_or_neither_gets_one_line(client, payload):
+    answer = post(client, payload)
+    assert answer.status_code == 422, answer.text
+    if "columns" in payload and "records" not in payload:
+        assert answer.json()["detail"].startswith("columns: "), answer.text
+        return
+    assert answer.json()["detail"] == (
+        "body: send exactly one of records (a list of customer objects) "
+        "or columns (one list of values per feature)"
+    )
+    assert answer.json()["errors"] == [
+        {"field": "body", "problem": answer.json()["detail"][6:], "type": "request_layout"}
+    ]
+
+
+# ---------------------------------------------------------------------------- timing
+def test_every_predict_answer_says_its_server_time(client):
+    import time
+
+    cases = [
+        ({"records": [GOOD]}, 200),
+        (as_columns([GOOD] * MAX_RECORDS), 200),
+        ({"records": [{**GOOD, "tenure": -1}]}, 422),
+        (b'{"records": [', 400),
+    ]
+    for payload, status in cases:
+        t0 = time.perf_counter()
+        answer = post(client, payload)
+        client_ms = (time.perf_counter() - t0) * 1000
+        assert answer.status_code == status
+        match = re.fullmatch(r"app;dur=(\d+\.\d+)", answer.headers["server-timing"])
+        assert match, answer.headers["server-timing"]
+        assert 0 < float(match.group(1)) <= client_ms
+    wrong_type = client.post("/predict", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+    assert wrong_type.headers["server-timing"].startswith("app;dur=")
+    assert "server-timing" not in client.get("/health").headers
 
 
 @pytest.mark.parametrize(
