@@ -21,6 +21,7 @@ version on its evaluation data before anything is served from the graph.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -370,11 +371,19 @@ def _classifier(clf) -> _Tail:
 
 
 # ---------------------------------------------------------------------------- running
+#: A batch of at least this many rows is scored as two halves at once, one on a worker
+#: thread: onnxruntime releases the GIL while it converts the strings and computes, so on
+#: two cores the halves overlap (10,000 rows: 19 ms -> 13 ms here). Every row is scored on
+#: its own, so the result is the same.
+SPLIT_ROWS = 2048
+
+
 class OnnxModel:
     """An onnxruntime session over an exported pipeline: columns in, churn probabilities out.
 
     ``threads`` is onnxruntime's intra-op thread count; 1 (the default) keeps single-row
-    latency low and leaves the other core to the web server.
+    latency low and leaves the other core to the web server. Batches of
+    :data:`SPLIT_ROWS` rows or more run as two concurrent halves when there are two cores.
     """
 
     def __init__(self, model: bytes, threads: int = 1) -> None:
@@ -394,14 +403,31 @@ class OnnxModel:
                 f"the ONNX model's inputs {names} are not churnlab's {list(input_names())}"
             )
         self._outputs = [PROBABILITIES]
+        self._helper: Any = None  # a one-thread pool for the second half of big batches
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``[N, 2]`` probabilities; a big batch as two halves at once (see SPLIT_ROWS)."""
+        rows = len(next(iter(inputs.values())))
+        if rows < SPLIT_ROWS or (os.cpu_count() or 1) < 2:
+            return self.session.run(self._outputs, dict(inputs))[0]
+        if self._helper is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="onnx-half")
+        half = rows // 2
+        second = self._helper.submit(
+            self.session.run, self._outputs, {k: v[half:] for k, v in inputs.items()}
+        )
+        first = self.session.run(self._outputs, {k: v[:half] for k, v in inputs.items()})[0]
+        return np.concatenate([first, second.result()[0]])
 
     def churn_probability(self, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Churn probability per row of ``inputs`` (``records_to_inputs``, ``frame_inputs``)."""
-        return self.session.run(self._outputs, dict(inputs))[0][:, 1]
+        return self._run(inputs)[:, 1]
 
     def predict_proba(self, frame) -> np.ndarray:
         """``[N, 2]`` probabilities for a model input frame (like scikit-learn's)."""
-        return self.session.run(self._outputs, frame_inputs(frame))[0]
+        return self._run(frame_inputs(frame))
 
 
 def frame_inputs(frame) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ probabilities to float64 rounding (the gate allows 1e-9; we see ~1e-16).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,16 @@ def test_a_version_without_a_graph_skips_the_parity_check(registry):
 def test_the_parity_bound_is_a_policy_setting():
     assert gate.Policy.load().onnx_parity_max == pytest.approx(1e-9)
     assert gate.Policy.load(onnx_parity_max="1e-6").onnx_parity_max == pytest.approx(1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["logreg", "forest"])
+def test_a_big_batch_scored_in_two_halves_equals_one_run(estimator, frames, monkeypatch):
+    pipeline = fitted(estimator, frames, **SMALL[estimator])
+    model = onnx_export.OnnxModel(onnx_export.export(pipeline))
+    X = data.features(data.generate(onnx_export.SPLIT_ROWS + 7, seed=5))
+    whole = model.session.run([onnx_export.PROBABILITIES], onnx_export.frame_inputs(X))[0]
+    halves = model.predict_proba(X)
+    if (os.cpu_count() or 1) >= 2:
+        assert model._helper is not None, "the batch was split"
+    np.testing.assert_array_equal(halves, whole)
+    np.testing.assert_allclose(halves, pipeline.predict_proba(X), rtol=0, atol=FLOAT64_ROUNDING)
