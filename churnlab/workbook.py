@@ -705,7 +705,7 @@ class SharedKernel:
         self._used = False
 
     def start(self) -> None:
-        """Launch the kernel process and return at once (:meth:`fresh` waits for it)."""
+        """Launch the kernel process and return at once (:meth:`ready` waits for it)."""
         from jupyter_core.utils import run_sync
 
         self.manager = _kernel_manager_class()(kernel_name="python3")
@@ -1012,8 +1012,8 @@ def add_cli(subparsers) -> None:
     p.add_argument(
         "--kernel-per-notebook",
         action="store_true",
-        help="start a kernel for each notebook instead of reusing one, reset between "
-        "notebooks (slower by about 8 s a notebook; the same results)",
+        help="give each notebook a kernel of its own instead of one kernel reset between "
+        "notebooks (about 8 s slower a notebook; the same results)",
     )
     p.add_argument(
         "--update-notebooks",
