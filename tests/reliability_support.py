@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -167,10 +168,12 @@ class PostgresCluster:
     def _as_user(self, *cmd: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         prefix: list[str] = []
         if os.geteuid() == 0:  # root may not run postgres
-            runuser = shutil.which("runuser")
+            # runuser lives in /usr/sbin, which a minimal PATH may leave out
+            search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+            runuser = shutil.which("runuser", path=search)
             prefix = [runuser, "-u", self.user, "--"] if runuser else ["su", self.user, "-c"]
-            if not runuser:
-                cmd = (" ".join(cmd),)
+            if not runuser:  # su takes one shell command line: quote each argument
+                cmd = (shlex.join(cmd),)
         return subprocess.run(
             [*prefix, *cmd],
             capture_output=True,
@@ -205,8 +208,9 @@ class PostgresCluster:
         )
         self.started = done.returncode == 0
         if not self.started:
-            log = (self.folder / "postgres.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"pg_ctl start failed: {done.stderr}\n{log}")
+            log_file = self.folder / "postgres.log"
+            log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+            raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]}\n{log}".rstrip())
         return self
 
     def createdb(self, name: str) -> str:
