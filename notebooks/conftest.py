@@ -26,19 +26,14 @@ def _nbval(config) -> bool:
 def pytest_configure(config) -> None:
     if not _nbval(config):
         return
+    from churnlab.store import SERVER_VARIABLES
     from churnlab.workbook import REFERENCE_ACTOR
 
     home = tempfile.mkdtemp(prefix="churnlab-nbval-")
     config.stash[_HOME] = home
     os.environ["CHURNLAB_HOME"] = home  # the kernels nbval starts inherit it
     os.environ["CHURNLAB_ACTOR"] = REFERENCE_ACTOR
-    for key in (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_REGISTRY_URI",
-        "MLFLOW_TRACKING_TOKEN",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-    ):
+    for key in SERVER_VARIABLES:
         os.environ.pop(key, None)
 
 

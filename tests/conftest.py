@@ -32,13 +32,7 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     """A private CHURNLAB_HOME; the tracking server variables are cleared."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("CHURNLAB_HOME", str(home))
-    for key in (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_REGISTRY_URI",
-        "MLFLOW_TRACKING_TOKEN",
-        "MLFLOW_TRACKING_USERNAME",
-        "MLFLOW_TRACKING_PASSWORD",
-    ):
+    for key in store.SERVER_VARIABLES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CHURNLAB_ACTOR", "pytest")
     store.configure()
@@ -49,6 +43,28 @@ def _copy_db(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(src / "mlflow.db") as a, sqlite3.connect(dst / "mlflow.db") as b:
         a.backup(b)
+
+
+def staged_copy(template_home: Path, home: Path, reason: str, prepare=None) -> Path:
+    """A copy of the template registry in ``home`` with v1 in staging; ``home`` returned.
+
+    ``prepare(registry)`` runs first (e.g. a gate). ``CHURNLAB_HOME`` is set only while
+    it works: module-scoped fixtures use this, before the autouse ``isolated_home``. No
+    ``store.configure()`` afterwards: with ``CHURNLAB_HOME`` unset again it would create
+    the project's own ``.churnlab``; ``isolated_home`` configures each test.
+    """
+    from churnlab.registry import Registry
+
+    _copy_db(template_home, home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHURNLAB_HOME", str(home))
+        for key in store.SERVER_VARIABLES:
+            mp.delenv(key, raising=False)
+        registry = Registry()
+        if prepare is not None:
+            prepare(registry)
+        registry.stage(1, override=True, reason=reason)
+    return home
 
 
 @pytest.fixture(scope="session")

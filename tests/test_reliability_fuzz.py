@@ -13,15 +13,13 @@ batch limit itself is fuzzed (too-long batches are among the negative cases).
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 
 import pytest
 import requests
-from conftest import _copy_db
+from conftest import staged_copy
 
-from churnlab.registry import Registry
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD
 
@@ -33,20 +31,7 @@ MAX_RECORDS = 16
 @pytest.fixture(scope="module")
 def staged_home(template_home, tmp_path_factory):
     """A copy of the trained template registry with v1 in staging."""
-    home = tmp_path_factory.mktemp("fuzz-home")
-    _copy_db(template_home, home)
-    old = os.environ.get("CHURNLAB_HOME")
-    os.environ["CHURNLAB_HOME"] = str(home)
-    try:
-        Registry().stage(1, override=True, reason="fuzzing the backend")
-    finally:
-        if old is None:
-            os.environ.pop("CHURNLAB_HOME", None)
-        else:
-            os.environ["CHURNLAB_HOME"] = old
-        # no store.configure() here: with CHURNLAB_HOME unset it would create the
-        # project's own .churnlab; the autouse isolated_home configures each test
-    return home
+    return staged_copy(template_home, tmp_path_factory.mktemp("fuzz-home"), "fuzzing the backend")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _copy_db
+from conftest import staged_copy
 
 from churnlab.gate import Policy, run_gate
-from churnlab.registry import Registry
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD
 
@@ -127,22 +125,15 @@ def load(url: str, seconds: int, folder: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def backend(template_home, tmp_path_factory):
-    home = tmp_path_factory.mktemp("load-home")
-    _copy_db(template_home, home)
-    old = os.environ.get("CHURNLAB_HOME")
-    os.environ["CHURNLAB_HOME"] = str(home)
-    try:
-        registry = Registry()
-        # the gate proves the ONNX graph's parity, so the backend serves what production would
-        run_gate(1, registry=registry, policy=Policy.load(latency_samples=20))
-        registry.stage(1, override=True, reason="load test")
-    finally:
-        if old is None:
-            os.environ.pop("CHURNLAB_HOME", None)
-        else:
-            os.environ["CHURNLAB_HOME"] = old
-        # no store.configure() here: with CHURNLAB_HOME unset it would create the
-        # project's own .churnlab; the autouse isolated_home configures each test
+    # the gate proves the ONNX graph's parity, so the backend serves what production would
+    home = staged_copy(
+        template_home,
+        tmp_path_factory.mktemp("load-home"),
+        "load test",
+        prepare=lambda registry: run_gate(
+            1, registry=registry, policy=Policy.load(latency_samples=20)
+        ),
+    )
     with running_backend("staging", env={"CHURNLAB_HOME": str(home)}, timeout=120) as running:
         assert running.health()["scorer"] == "onnx"
         yield running

@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from conftest import _copy_db
+from conftest import staged_copy
 
 from churnlab import schema, store
 from churnlab.errors import InputError, Refused
@@ -39,20 +39,24 @@ def _staged_app(template_home, tmp_path_factory, folder: str, prove_onnx: bool):
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    home = tmp_path_factory.mktemp(folder)
-    _copy_db(template_home, home)
+    def prove(registry) -> None:
+        check = gate.check_onnx_parity(
+            registry, 1, registry.load_model(1), registry.snapshot(1), gate.Policy.load()
+        )
+        assert check.status == "pass", check
+        registry.client.set_model_version_tag(registry.model_name, "1", PARITY_TAG, "pass")
+
+    home = staged_copy(
+        template_home,
+        tmp_path_factory.mktemp(folder),
+        f"api tests ({folder})",
+        prepare=prove if prove_onnx else None,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHURNLAB_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         store.configure()
         registry = Registry()
-        if prove_onnx:
-            check = gate.check_onnx_parity(
-                registry, 1, registry.load_model(1), registry.snapshot(1), gate.Policy.load()
-            )
-            assert check.status == "pass", check
-            registry.client.set_model_version_tag(registry.model_name, "1", PARITY_TAG, "pass")
-        registry.stage(1, override=True, reason=f"api tests ({folder})")
         app = create_app(
             Settings(stage="staging", max_records=MAX_RECORDS, max_body_bytes=MAX_BODY)
         )

@@ -13,14 +13,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from churnlab import store
+
 CHURNLAB = str(Path(sys.executable).with_name("churnlab"))
-TRACKING_VARIABLES = (
-    "MLFLOW_TRACKING_URI",
-    "MLFLOW_REGISTRY_URI",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-)
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ def run_workbook(
     ``secrets`` puts :data:`SECRETS` in the environment (no tracking server is set, so
     they are merely present, as on a student's machine configured for DagsHub).
     """
-    env = {k: v for k, v in os.environ.items() if k not in TRACKING_VARIABLES}
+    env = {k: v for k, v in os.environ.items() if k not in store.SERVER_VARIABLES}
     if secrets:
         env.update(SECRETS)
     env["CHURNLAB_HOME"] = str(folder / "own-home")  # must stay untouched without --reuse
