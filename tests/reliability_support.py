@@ -148,6 +148,16 @@ def postgres_bin() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+@contextlib.contextmanager
+def sqlite_server(folder: Path) -> Iterator[MlflowServer]:
+    """A real ``mlflow server`` on a sqlite store in ``folder``, stopped afterwards."""
+    srv = MlflowServer(f"sqlite:///{folder}/mlflow.db", folder).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
 class PostgresCluster:
     """A private PostgreSQL cluster in a temporary folder, run as the ``postgres`` user.
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 import pytest
-from reliability_support import MlflowServer, cli, remote_env, start_cli
+from reliability_support import cli, remote_env, sqlite_server, start_cli
 
 from churnlab import cli as churnlab_cli
 from churnlab.registry import PRODUCTION, STAGING, Registry
@@ -24,12 +24,8 @@ FAIL_WITHIN_S = 15.0
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("faults-server")
-    srv = MlflowServer(f"sqlite:///{folder}/mlflow.db", folder).start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("faults-server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

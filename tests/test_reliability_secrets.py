@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_support import MlflowServer, cli, free_port, remote_env
+from reliability_support import cli, free_port, remote_env, sqlite_server
 
 MARKER = f"m4rker{uuid.uuid4().hex[:12]}"
 USER = "student"
@@ -66,12 +66,8 @@ def registry_texts(client) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("secrets-server")
-    srv = MlflowServer(f"sqlite:///{folder}/mlflow.db", folder).start()
-    try:
+    with sqlite_server(tmp_path_factory.mktemp("secrets-server")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def secret_env(url: str) -> dict[str, str]:
