@@ -13,17 +13,16 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from churnlab import data, schema
+from churnlab import data, schema, tags
+from churnlab.checks import Check, Result
 from churnlab.errors import InputError
 from churnlab.metrics import score
-from churnlab.registry import GATE_TAG, PRODUCTION, Registry
-
-Status = Literal["pass", "fail", "skip"]
+from churnlab.registry import PRODUCTION, Registry
 
 
 @dataclass(frozen=True)
@@ -117,53 +116,16 @@ class Policy:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-@dataclass(frozen=True)
-class Check:
-    """One check's outcome: ``value`` compared with ``threshold`` by ``operator``."""
-
-    name: str
-    status: Status
-    value: Any
-    threshold: Any
-    operator: str
-    detail: str = ""
-
-
 @dataclass
-class GateResult:
-    """The gate's verdict on one version and the checks behind it."""
+class GateResult(Result):
+    """The gate's verdict on one version, the checks behind it and the policy applied."""
 
-    model_name: str
-    version: int
-    checks: list[Check] = field(default_factory=list)
     policy: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def passed(self) -> bool:
-        return not any(c.status == "fail" for c in self.checks)
-
-    @property
-    def verdict(self) -> str:
-        return "passed" if self.passed else "failed"
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if c.status == "fail"]
+    title: ClassVar[str] = "Gate"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "model_name": self.model_name,
-            "version": self.version,
-            "verdict": self.verdict,
-            "checks": [asdict(c) for c in self.checks],
-            "policy": self.policy,
-        }
-
-    def table(self) -> pd.DataFrame:
-        """The checks as a table (for notebooks and reports)."""
-        return pd.DataFrame([asdict(c) for c in self.checks])[
-            ["name", "status", "value", "operator", "threshold", "detail"]
-        ]
+        return {**super().to_dict(), "policy": self.policy}
 
     def summary(self) -> str:
         """One line: verdict and the failing checks."""
@@ -360,7 +322,7 @@ def check_onnx_parity(
     from churnlab.scoring import Scorer
 
     limit = policy.onnx_parity_max
-    if not (registry.version(version).tags or {}).get(onnx_export.VERSION_TAG):
+    if not (registry.version(version).tags or {}).get(tags.ONNX_ARTIFACT):
         why = "no ONNX artifact: the scikit-learn pipeline is served"
         return Check("onnx_parity", "skip", None, limit, "<=", why)
     X = data.features(frame)
@@ -393,8 +355,6 @@ def _served_scorer(registry: Registry, version: int, parity: Check):
 
 def evaluate(registry: Registry, version: str | int, policy: Policy | None = None) -> GateResult:
     """Run every check of ``policy`` on ``version``, without recording anything."""
-    import mlflow.models
-
     policy = policy or Policy.load()
     mv = registry.version(version)
     number = int(mv.version)
@@ -402,7 +362,7 @@ def evaluate(registry: Registry, version: str | int, policy: Policy | None = Non
     frame = registry.snapshot(number, "evaluation")
     X, y = data.features(frame), data.labels(frame)
     metrics = score(y, _proba(model, X))
-    info = registry._call(mlflow.models.get_model_info, registry.model_uri(number))
+    info = registry.model_info(number)
 
     checks = [
         _bound(
@@ -428,16 +388,7 @@ def evaluate(registry: Registry, version: str | int, policy: Policy | None = Non
 
 def record(registry: Registry, result: GateResult) -> None:
     """Write the verdict and each check as version tags, and the JSON on the version's run."""
-    client, name, version = registry.client, registry.model_name, str(result.version)
-    registry._call(client.set_model_version_tag, name, version, GATE_TAG, "pending")
-    for check in result.checks:
-        registry._call(
-            client.set_model_version_tag, name, version, f"churnlab.gate.{check.name}", check.status
-        )
-    mv = registry.version(result.version)
-    registry._call(client.log_dict, mv.run_id, result.to_dict(), f"gate/v{version}.json")
-    # the verdict last: a version is never marked passed before its evidence is written
-    registry._call(client.set_model_version_tag, name, version, GATE_TAG, result.verdict)
+    registry.record("gate", result)
 
 
 def run_gate(

@@ -27,12 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from churnlab import schema
+from churnlab import schema, tags
 from churnlab.errors import ChurnlabError
 
-#: Where the graph is logged in the version's run, and the version tag that records it.
+#: Where the graph is logged in the version's run (the tag ``tags.ONNX_ARTIFACT`` records it).
 ARTIFACT_PATH = "onnx/model.onnx"
-VERSION_TAG = "churnlab.onnx"
 PROBABILITIES = "probabilities"
 #: skl2onnx converts the preprocessing at ai.onnx.ml opset 3 at most; a graph with a
 #: ``TreeEnsemble`` (ai.onnx.ml opset 5) declares 5, under which skl2onnx's ai.onnx.ml
@@ -133,7 +132,7 @@ def log_artifact(pipeline) -> dict[str, str]:
         path = Path(tmp) / name
         path.write_bytes(model)
         mlflow.log_artifact(str(path), artifact_path=folder)
-    return {VERSION_TAG: ARTIFACT_PATH}
+    return {tags.ONNX_ARTIFACT: ARTIFACT_PATH}
 
 
 def _pack_inputs(model) -> None:
@@ -447,7 +446,6 @@ def max_difference(pipeline, model: OnnxModel, frame) -> float:
 
 __all__ = [
     "ARTIFACT_PATH",
-    "VERSION_TAG",
     "ExportUnsupported",
     "OnnxModel",
     "export",

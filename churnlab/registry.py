@@ -23,14 +23,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from churnlab import store
+from churnlab import store, tags
 from churnlab.errors import InputError, Refused, RegistryUnavailable
 
 STAGING, PRODUCTION = "staging", "production"
 ALIASES: dict[str, str] = {STAGING: "Staging", PRODUCTION: "Production"}
-EVENT_PREFIX = "churnlab.event."
-GATE_TAG = "churnlab.gate.verdict"
-SMOKE_TAG = "churnlab.smoke.verdict"
 MAX_REASON = 2000  # characters; an event is stored in one registered-model tag
 
 
@@ -90,11 +87,55 @@ def parse_version(text: str | int, model_name: str) -> int:
     return number
 
 
-def _normal_alias(alias: str) -> str:
-    key = str(alias).strip().lower()
+def parse_stage(text: str) -> str:
+    """Turn ``staging`` / ``Production`` / `` production `` into the alias; refuse others."""
+    key = str(text).strip().lower()
     if key not in ALIASES:
-        raise InputError(f"stage must be one of {list(ALIASES)}, got {alias!r}")
+        raise InputError(f"stage must be one of {list(ALIASES)}, got {text!r}")
     return key
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What a version carries: its run, verdicts, checks, data digests and metrics."""
+
+    model_name: str
+    version: int
+    run_id: str
+    description: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+
+    @property
+    def estimator(self) -> str | None:
+        return self.tags.get(tags.ESTIMATOR)
+
+    @property
+    def gate(self) -> str:
+        """The gate's verdict: pending, passed or failed."""
+        return self.tags.get(tags.GATE_VERDICT, "pending")
+
+    @property
+    def smoke(self) -> str:
+        """The smoke check's verdict: none, pending, passed or failed."""
+        return self.tags.get(tags.SMOKE_VERDICT, "none")
+
+    @property
+    def gate_checks(self) -> dict[str, str]:
+        """Each gate check's status, by check name."""
+        found = tags.under(self.tags, tags.GATE_PREFIX)
+        return {k: v for k, v in found.items() if k != "verdict"}
+
+    @property
+    def smoke_checks(self) -> dict[str, str]:
+        """Each smoke check's status and each recorded figure, by name."""
+        found = tags.under(self.tags, tags.SMOKE_PREFIX)
+        return {k: v for k, v in found.items() if k != "verdict"}
+
+    @property
+    def data(self) -> dict[str, str]:
+        """The digest of each data snapshot, by kind."""
+        return tags.under(self.tags, tags.DATA_PREFIX)
 
 
 class Registry:
@@ -171,7 +212,7 @@ class Registry:
         """The version the alias names, or None."""
         from mlflow.exceptions import MlflowException
 
-        alias = _normal_alias(alias)
+        alias = parse_stage(alias)
         try:
             mv = self._call(self.client.get_model_version_by_alias, self.model_name, alias)
         except MlflowException:
@@ -180,21 +221,61 @@ class Registry:
 
     def stage_holders(self, alias: str) -> list[int]:
         """Versions whose legacy stage is the alias's stage (normally zero or one)."""
-        stage = ALIASES[_normal_alias(alias)]
+        stage = ALIASES[parse_stage(alias)]
         return [int(v.version) for v in self.versions() if v.current_stage == stage]
 
     def verdicts(self, version: int) -> dict[str, str]:
         """The gate and smoke verdicts recorded on a version."""
-        tags = self.version(version).tags or {}
-        return {"gate": tags.get(GATE_TAG, "pending"), "smoke": tags.get(SMOKE_TAG, "none")}
+        found = self.version(version).tags or {}
+        return {
+            "gate": found.get(tags.GATE_VERDICT, "pending"),
+            "smoke": found.get(tags.SMOKE_VERDICT, "none"),
+        }
+
+    def metrics(self, version: str | int) -> dict[str, float]:
+        """The evaluation metrics logged on the version's run, sorted by name."""
+        mv = self.version(version)
+        run = self._call(self.client.get_run, mv.run_id)
+        return dict(sorted(run.data.metrics.items()))
+
+    def evidence(self, version: str | int, *, with_metrics: bool = True) -> Evidence:
+        """Everything recorded on a version (one read of the version, one of its run)."""
+        mv = self.version(version)
+        metrics: dict[str, float] = {}
+        if with_metrics:
+            run = self._call(self.client.get_run, mv.run_id)
+            metrics = dict(sorted(run.data.metrics.items()))
+        return Evidence(
+            model_name=self.model_name,
+            version=int(mv.version),
+            run_id=mv.run_id,
+            description=mv.description or "",
+            tags=dict(mv.tags or {}),
+            metrics=metrics,
+        )
+
+    def model_info(self, version: str | int):
+        """MLflow's ``ModelInfo`` of the version's logged model (signature, flavors)."""
+        import mlflow.models
+
+        number = int(self.version(version).version)
+        return self._call(mlflow.models.get_model_info, self.model_uri(number))
+
+    def download_artifact(self, run_id: str, path: str, dst: str) -> str:
+        """Download one artifact of ``run_id`` into the folder ``dst``; return its local path."""
+        import mlflow.artifacts
+
+        return self._call(
+            mlflow.artifacts.download_artifacts, run_id=run_id, artifact_path=path, dst_path=dst
+        )
 
     def history(self) -> list[Event]:
         """Every recorded move, oldest first."""
-        tags = self.model().tags or {}
+        found = self.model().tags or {}
         events = []
-        for key in sorted(k for k in tags if k.startswith(EVENT_PREFIX)):
+        for key in sorted(k for k in found if k.startswith(tags.EVENT_PREFIX)):
             try:
-                events.append(Event(**json.loads(tags[key])))
+                events.append(Event(**json.loads(found[key])))
             except (TypeError, ValueError):
                 continue  # a tag we did not write
         return events
@@ -210,10 +291,10 @@ class Registry:
             entry: dict[str, Any] = {"version": holder, "stage": stage, "stage_versions": mirrored}
             if holder is not None:
                 mv = self.version(holder)
-                tags = mv.tags or {}
+                found = mv.tags or {}
                 entry.update(
-                    gate=tags.get(GATE_TAG, "pending"),
-                    smoke=tags.get(SMOKE_TAG, "none"),
+                    gate=found.get(tags.GATE_VERDICT, "pending"),
+                    smoke=found.get(tags.SMOKE_VERDICT, "none"),
                     run_id=mv.run_id,
                 )
             expected = [holder] if holder is not None else []
@@ -256,26 +337,80 @@ class Registry:
         import tempfile
         from pathlib import Path
 
-        import mlflow.artifacts
-
         from churnlab import data
 
         mv = self.version(version)
-        digest = (mv.tags or {}).get(f"churnlab.data.{kind}")
+        digest = (mv.tags or {}).get(tags.data_tag(kind))
         if not digest:
             raise InputError(f"{self.model_name} v{mv.version} records no {kind} snapshot")
         name = f"data/{kind}-{digest}.csv"
         with tempfile.TemporaryDirectory() as tmp:
-            path = self._call(
-                mlflow.artifacts.download_artifacts,
-                run_id=mv.run_id,
-                artifact_path=name,
-                dst_path=tmp,
-            )
-            frame = data.load_csv(Path(path))
+            frame = data.load_csv(Path(self.download_artifact(mv.run_id, name, tmp)))
         if data.digest_of(frame) != digest:
             raise InputError(f"{name} of v{mv.version} does not match its recorded digest")
         return frame
+
+    # ------------------------------------------------------------------ recording evidence
+    def register(
+        self,
+        source: str,
+        run_id: str,
+        *,
+        model_id: str | None,
+        extra_tags: dict[str, str],
+        description: str,
+    ) -> int:
+        """Create a new version from a logged model (creating the registered model first)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._call(
+                self.client.create_registered_model,
+                self.model_name,
+                description="Customer-churn classifier managed by churnlab.",
+            )
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        mv = self._call(
+            self.client.create_model_version,
+            self.model_name,
+            source=source,
+            run_id=run_id,
+            tags={**tags.INITIAL_VERDICTS, **extra_tags},
+            description=description,
+            await_creation_for=60,
+            model_id=model_id,
+        )
+        return int(mv.version)
+
+    def set_version_tags(self, version: str | int, values: dict[str, str]) -> None:
+        """Set tags on a version, in the order given."""
+        number = str(int(self.version(version).version))
+        for key, value in values.items():
+            self._call(self.client.set_model_version_tag, self.model_name, number, key, value)
+
+    def record(self, kind: str, result) -> None:
+        """Record a gate or smoke ``result`` on its version; the verdict tag is written last.
+
+        The verdict first goes to ``pending``, then each check's status and each figure
+        become tags and the whole result a JSON artifact (``<kind>/v<N>.json``) on the
+        version's run: a version is never marked passed before its evidence is written.
+        """
+        if kind not in tags.VERDICT_TAGS:
+            raise InputError(f"kind must be one of {list(tags.VERDICT_TAGS)}, got {kind!r}")
+        verdict_tag, prefix = tags.VERDICT_TAGS[kind]
+        mv = self.version(result.version)
+        evidence = {verdict_tag: "pending"}
+        evidence.update({prefix + c.name: c.status for c in result.checks})
+        evidence.update(
+            {prefix + k: str(v) for k, v in result.figures().items() if v is not None}
+        )
+        self.set_version_tags(mv.version, evidence)
+        self._call(
+            self.client.log_dict, mv.run_id, result.to_dict(), f"{kind}/v{int(mv.version)}.json"
+        )
+        self.set_version_tags(mv.version, {verdict_tag: result.verdict})
 
     # ------------------------------------------------------------------ moving
     @contextlib.contextmanager
@@ -328,7 +463,7 @@ class Registry:
                 return
 
     def _record(self, event: Event) -> None:
-        key = f"{EVENT_PREFIX}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
+        key = f"{tags.EVENT_PREFIX}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
         self._call(
             self.client.set_registered_model_tag,
             self.model_name,

@@ -25,14 +25,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from churnlab import onnx_export, schema
+from churnlab import onnx_export, schema, tags
 from churnlab.errors import ChurnlabError, InputError
 from churnlab.metrics import THRESHOLD
 
 Kind = Literal["onnx", "sklearn"]
 KINDS = ("auto", "onnx", "sklearn")
 #: The gate records its ONNX parity check under this version tag (pass / fail / skip).
-PARITY_TAG = "churnlab.gate.onnx_parity"
 
 
 def records_to_frame(records: Sequence[dict[str, Any]]):
@@ -163,10 +162,10 @@ class Scorer:
         if kind not in KINDS:
             raise InputError(f"kind must be one of {list(KINDS)}, got {kind!r}")
         mv = registry.version(version)
-        number, tags = int(mv.version), mv.tags or {}
-        artifact = tags.get(onnx_export.VERSION_TAG)
+        number, found = int(mv.version), mv.tags or {}
+        artifact = found.get(tags.ONNX_ARTIFACT)
         if kind == "auto":
-            kind, reason = _choose(artifact, tags.get(PARITY_TAG))
+            kind, reason = _choose(artifact, found.get(tags.ONNX_PARITY))
         elif kind == "onnx" and not artifact:
             raise InputError(f"{registry.model_name} v{number} has no ONNX artifact")
         else:
@@ -239,16 +238,9 @@ def _download(registry, run_id: str, artifact: str) -> bytes:
     import tempfile
     from pathlib import Path
 
-    import mlflow.artifacts
-
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = registry._call(
-                mlflow.artifacts.download_artifacts,
-                run_id=run_id,
-                artifact_path=artifact,
-                dst_path=tmp,
-            )
+            path = registry.download_artifact(run_id, artifact, tmp)
         except ChurnlabError:
             raise
         except Exception as exc:  # MlflowException or OSError: the artifact is not there

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from churnlab import data as data_mod
-from churnlab import onnx_export, schema, store
+from churnlab import onnx_export, schema, store, tags
 from churnlab.errors import InputError
 from churnlab.metrics import CostMatrix, confusion, score
 
@@ -156,6 +156,7 @@ def train_candidate(
     """
     import mlflow
     import mlflow.sklearn
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
     costs = costs or CostMatrix()
     pipeline = build_pipeline(estimator, params, seed)  # validates the estimator up front
@@ -187,10 +188,10 @@ def train_candidate(
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.set_tags(
                 {
-                    "churnlab.estimator": estimator,
-                    "churnlab.data_source": data_source or "dataframe",
-                    "mlflow.source.git.commit": commit or "unknown",
-                    "git_commit": commit or "unknown",
+                    tags.ESTIMATOR: estimator,
+                    tags.DATA_SOURCE: data_source or "dataframe",
+                    MLFLOW_GIT_COMMIT: commit or "unknown",
+                    tags.GIT_COMMIT: commit or "unknown",
                 }
             )
             mlflow.log_params(
@@ -217,7 +218,7 @@ def train_candidate(
                         digest=snap.digest,
                     )
                 mlflow.log_input(ds, context=kind)
-                mlflow.set_tag(f"churnlab.data.{kind}", snap.digest)
+                mlflow.set_tag(tags.data_tag(kind), snap.digest)
             fig = plots.roc_curve(y_eval, proba)
             mlflow.log_figure(fig, "plots/roc_curve.png")
             fig2 = plots.confusion_matrix(counts)
@@ -279,35 +280,21 @@ def trusted_types(pipeline) -> list[str] | None:
 
 def register(name, info, run_id, estimator, snaps, metrics, description="", extra_tags=None) -> int:
     """Create a new version of registered model ``name`` from a logged model; return it."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from churnlab.registry import Registry
 
-    client = MlflowClient()
-    try:
-        client.create_registered_model(
-            name, description="Customer-churn classifier managed by churnlab."
-        )
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-            raise
-    tags = {
-        "churnlab.estimator": estimator,
-        "churnlab.gate.verdict": "pending",
-        "churnlab.smoke.verdict": "none",
-        **{f"churnlab.data.{k}": s.digest for k, s in snaps.items()},
+    version_tags = {
+        tags.ESTIMATOR: estimator,
+        **{tags.data_tag(k): s.digest for k, s in snaps.items()},
         **(extra_tags or {}),
     }
     text = description or f"{estimator} candidate; evaluation accuracy {metrics['accuracy']:.3f}"
-    mv = client.create_model_version(
-        name,
-        source=info.model_uri,
-        run_id=run_id,
-        tags=tags,
-        description=text,
-        await_creation_for=60,
+    return Registry(name).register(
+        info.model_uri,
+        run_id,
         model_id=info.model_id,
+        extra_tags=version_tags,
+        description=text,
     )
-    return int(mv.version)
 
 
 def load_training_data(path: str | os.PathLike | None) -> tuple[pd.DataFrame | None, str | None]:

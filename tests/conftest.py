@@ -8,23 +8,12 @@ points at are only read).
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
+from support import copy_db
 
 from churnlab import store
-
-ROOT = Path(__file__).resolve().parent.parent
-#: Flags for Debian's headless Chromium on this closed network (no background fetches).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -36,34 +25,6 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CHURNLAB_ACTOR", "pytest")
     store.configure()
-    return home
-
-
-def _copy_db(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    with sqlite3.connect(src / "mlflow.db") as a, sqlite3.connect(dst / "mlflow.db") as b:
-        a.backup(b)
-
-
-def staged_copy(template_home: Path, home: Path, reason: str, prepare=None) -> Path:
-    """A copy of the template registry in ``home`` with v1 in staging; ``home`` returned.
-
-    ``prepare(registry)`` runs first (e.g. a gate). ``CHURNLAB_HOME`` is set only while
-    it works: module-scoped fixtures use this, before the autouse ``isolated_home``. No
-    ``store.configure()`` afterwards: with ``CHURNLAB_HOME`` unset again it would create
-    the project's own ``.churnlab``; ``isolated_home`` configures each test.
-    """
-    from churnlab.registry import Registry
-
-    _copy_db(template_home, home)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CHURNLAB_HOME", str(home))
-        for key in store.SERVER_VARIABLES:
-            mp.delenv(key, raising=False)
-        registry = Registry()
-        if prepare is not None:
-            prepare(registry)
-        registry.stage(1, override=True, reason=reason)
     return home
 
 
@@ -91,7 +52,7 @@ def template_home(tmp_path_factory) -> Path:
 @pytest.fixture
 def trained_home(template_home, isolated_home) -> Path:
     """This test's own copy of the template registry (v1 logreg, v2 forest, nothing staged)."""
-    _copy_db(template_home, isolated_home)
+    copy_db(template_home, isolated_home)
     store.configure()
     return isolated_home
 
@@ -101,22 +62,6 @@ def registry(trained_home):
     from churnlab.registry import Registry
 
     return Registry()
-
-
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
-    """Run the real `churnlab` console script; return the CompletedProcess."""
-    import subprocess
-    import sys
-
-    exe = Path(sys.executable).with_name("churnlab")
-    return subprocess.run(
-        [str(exe), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CHROMIUM_ARGS
+from support import CHROMIUM_ARGS
 
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD

@@ -18,7 +18,8 @@ from sklearn.preprocessing import OneHotEncoder
 from churnlab import cli, data, gate, schema
 from churnlab.errors import InputError, Refused
 from churnlab.metrics import score
-from churnlab.registry import GATE_TAG, PRODUCTION, STAGING
+from churnlab.registry import PRODUCTION, STAGING
+from churnlab.tags import GATE_VERDICT as GATE_TAG
 
 CORE_CHECKS = {
     "min_eval_rows",

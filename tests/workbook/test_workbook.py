@@ -1,6 +1,6 @@
 """``churnlab workbook``: the five notebooks run headless, the story they tell, the report.
 
-The whole workbook runs once per session (tests/workbook_support.py) as the real console
+The whole workbook runs once per session (tests/support.py) as the real console
 script on a fresh registry; the tests read what it wrote. A second, short run fails on
 purpose to show how the runner stops.
 """
@@ -18,8 +18,8 @@ import time
 import nbformat
 import pytest
 import requests
-import workbook_support
-from conftest import run_cli
+import support
+from support import run_cli
 
 from churnlab import report, store, workbook
 from churnlab.errors import InputError
@@ -28,7 +28,7 @@ from churnlab.registry import PRODUCTION, STAGING, Registry
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    return workbook_support.default_run(tmp_path_factory)
+    return support.default_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -223,7 +223,7 @@ def test_default_run_leaves_the_students_own_registry_alone(run):
 
 # ---------------------------------------------------------------------------- failures and reuse
 def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path):
-    out = workbook_support.run_workbook(
+    out = support.run_workbook(
         tmp_path / "reports",
         "--only",
         "01,02,03",
@@ -336,7 +336,7 @@ def _free_port() -> int:
 
 def test_ui_serves_the_mlflow_ui_on_loopback(trained_home):
     port = _free_port()
-    exe = str(workbook_support.CHURNLAB)
+    exe = str(support.CHURNLAB)
     process = subprocess.Popen(
         [exe, "ui", "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from churnlab.registry import GATE_TAG
+from churnlab.tags import GATE_VERDICT as GATE_TAG
 
 TOKEN = "remote-test-token-5f4e3d2c"
 FAST_GATE = ("--set", "latency_samples=20", "--set", "latency_p95_ms=10000")

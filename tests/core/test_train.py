@@ -14,12 +14,13 @@ import mlflow.models
 import mlflow.pyfunc
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
 from mlflow.tracking import MlflowClient
+from support import ROOT, run_cli
 
 from churnlab import cli, data, schema, store, train
 from churnlab.errors import InputError
-from churnlab.registry import GATE_TAG, SMOKE_TAG
+from churnlab.tags import GATE_VERDICT as GATE_TAG
+from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
 METRICS = {"accuracy", "roc_auc", "f1", "precision", "recall", "log_loss", "business_value"}
 KINDS = {"training", "evaluation", "reference"}

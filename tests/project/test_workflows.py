@@ -17,7 +17,7 @@ import yaml
 
 from churnlab import cli, workbook
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CANDIDATE = WORKFLOWS / "candidate-to-staging.yml"
 PROMOTE = WORKFLOWS / "promote-to-production.yml"

@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 import pytest
-from reliability_support import cli, remote_env, sqlite_server, start_cli
+from support import cli, remote_env, sqlite_server, start_cli
 
 from churnlab import cli as churnlab_cli
 from churnlab.registry import PRODUCTION, STAGING, Registry

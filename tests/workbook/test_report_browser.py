@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import workbook_support
-from conftest import CHROMIUM_ARGS
+import support
+from support import CHROMIUM_ARGS
 
 from churnlab import workbook
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def page_report(tmp_path_factory):
     """The default run's report, copied alone into an empty folder (nothing beside it)."""
-    run = workbook_support.default_run(tmp_path_factory)
+    run = support.default_run(tmp_path_factory)
     assert run.returncode == 0, run.stdout + run.stderr
     folder = tmp_path_factory.mktemp("alone")
     shutil.copy(run.report, folder / "workbook.html")

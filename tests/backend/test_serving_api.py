@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from conftest import staged_copy
+from support import staged_copy
 
 from churnlab import schema, store
 from churnlab.errors import InputError, Refused
@@ -33,7 +33,7 @@ def _staged_app(template_home, tmp_path_factory, folder: str, prove_onnx: bool):
 
     from churnlab import gate
     from churnlab.registry import Registry
-    from churnlab.scoring import PARITY_TAG
+    from churnlab.tags import ONNX_PARITY as PARITY_TAG
 
     with warnings.catch_warnings():  # starlette's note about its httpx client
         warnings.simplefilter("ignore")
@@ -665,7 +665,7 @@ def test_every_variable_the_app_reads_is_declared():
     """ENV_VARIABLES is the one list: each variable read in app.py or store.py is in it."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     reads = set()
     for path in (root / "serving" / "app.py", root / "churnlab" / "store.py"):
         text = path.read_text()

@@ -22,7 +22,7 @@ import yaml
 from serving.app import APP_VARIABLES, ENV_VARIABLES
 from serving.config_check import compose_variables, dockerfile_variables, main, unknown_variables
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "serving" / "Dockerfile"
 COMPOSE = ROOT / "serving" / "compose.yml"
 

@@ -11,8 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from churnlab import data, gate, onnx_export, schema, train
-from churnlab.scoring import PARITY_TAG, Scorer
+from churnlab import data, gate, onnx_export, schema, tags, train
+from churnlab.scoring import Scorer
+from churnlab.tags import ONNX_PARITY as PARITY_TAG
 
 FLOAT64_ROUNDING = 1e-12
 
@@ -102,7 +103,7 @@ def test_each_trained_version_logs_its_graph_and_the_gate_proves_parity(registry
     policy = gate.Policy.load()
     for version in (1, 2):  # logistic regression, random forest
         mv = registry.version(version)
-        assert mv.tags[onnx_export.VERSION_TAG] == onnx_export.ARTIFACT_PATH
+        assert mv.tags[tags.ONNX_ARTIFACT] == onnx_export.ARTIFACT_PATH
         check = gate.check_onnx_parity(
             registry, version, registry.load_model(version), registry.snapshot(version), policy
         )
@@ -135,7 +136,7 @@ def test_a_graph_that_differs_from_the_pipeline_fails_the_gate_and_is_not_served
 
 
 def test_a_version_without_a_graph_skips_the_parity_check(registry):
-    registry.client.delete_model_version_tag(registry.model_name, "2", onnx_export.VERSION_TAG)
+    registry.client.delete_model_version_tag(registry.model_name, "2", tags.ONNX_ARTIFACT)
     check = gate.check_onnx_parity(
         registry, 2, registry.load_model(2), registry.snapshot(2), gate.Policy.load()
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from support import run_cli
 
 from churnlab import gate
 from churnlab.errors import InputError, Refused
-from churnlab.registry import SMOKE_TAG
 from churnlab.staging import BackendFailed, SmokeResult, running_backend, smoke_check
+from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
 
 def _artifact(registry, version: int) -> dict:

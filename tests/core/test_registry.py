@@ -15,7 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from churnlab import cli, data, store
 from churnlab.errors import InputError, Refused
-from churnlab.registry import GATE_TAG, PRODUCTION, SMOKE_TAG, STAGING, Registry
+from churnlab.registry import PRODUCTION, STAGING, Registry
+from churnlab.tags import GATE_VERDICT as GATE_TAG
+from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
 NAME = "churn-model"
 STAGES = {STAGING: "Staging", PRODUCTION: "Production"}

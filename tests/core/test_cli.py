@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
 from mlflow.tracking import MlflowClient
+from support import run_cli
 
 from churnlab import cli
-from churnlab.registry import SMOKE_TAG
+from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
 CORE_COMMANDS = ("train", "gate", "stage", "promote", "rollback", "status", "history", "repair")
 FAST_GATE = ("--set", "latency_samples=20", "--set", "latency_p95_ms=10000")

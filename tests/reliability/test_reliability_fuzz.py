@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 import requests
-from conftest import staged_copy
+from support import staged_copy
 
 from churnlab.staging import running_backend
 from serving.contract import EXAMPLE_RECORD

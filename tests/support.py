@@ -1,7 +1,11 @@
-"""Real servers for the reliability tests: `mlflow server` and a private PostgreSQL cluster.
+"""Helpers shared by the test folders: real servers, CLI runs, registry copies, the workbook.
 
-Each runs in its own process group on 127.0.0.1 and a free port; ``stop()`` ends the whole
-group (uvicorn workers included), and the fixtures that start them always call it.
+- registry copies: ``copy_db`` and ``staged_copy`` (a trained template, v1 staged);
+- the real console script: ``run_cli`` (and ``cli`` / ``start_cli`` with a given env);
+- real servers, each in its own process group on 127.0.0.1 and a free port, ended by
+  ``stop()``: ``MlflowServer`` (``sqlite_server``), ``PostgresCluster``;
+- one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
+  and browser tests.
 """
 
 from __future__ import annotations
@@ -13,15 +17,78 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import requests
 
+from churnlab import store
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Flags for Debian's headless Chromium on this closed network (no background fetches).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """Copy the registry database of ``src`` into ``dst`` (artifacts are shared, read only)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(src / "mlflow.db") as a, sqlite3.connect(dst / "mlflow.db") as b:
+        a.backup(b)
+
+
+def staged_copy(template_home: Path, home: Path, reason: str, prepare=None) -> Path:
+    """A copy of the template registry in ``home`` with v1 in staging; ``home`` returned.
+
+    ``prepare(registry)`` runs first (e.g. a gate). ``CHURNLAB_HOME`` is set only while
+    it works: module-scoped fixtures use this, before the autouse ``isolated_home``. No
+    ``store.configure()`` afterwards: with ``CHURNLAB_HOME`` unset again it would create
+    the project's own ``.churnlab``; ``isolated_home`` configures each test.
+    """
+    from churnlab.registry import Registry
+
+    copy_db(template_home, home)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHURNLAB_HOME", str(home))
+        for key in store.SERVER_VARIABLES:
+            mp.delenv(key, raising=False)
+        registry = Registry()
+        if prepare is not None:
+            prepare(registry)
+        registry.stage(1, override=True, reason=reason)
+    return home
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+    """Run the real `churnlab` console script; return the CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("churnlab")
+    return subprocess.run(
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+# ---------------------------------------------------------------------------- real servers
 BIN = Path(sys.executable).parent
 CHURNLAB = str(BIN / "churnlab")
 
@@ -290,3 +357,75 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+# ---------------------------------------------------------------------------- the workbook run
+CHURNLAB = str(Path(sys.executable).with_name("churnlab"))
+
+
+@dataclass(frozen=True)
+class WorkbookOutput:
+    """What one ``churnlab workbook`` process left behind."""
+
+    folder: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> Path:
+        return self.folder / "workbook.html"
+
+    @property
+    def executed(self) -> Path:
+        return self.folder / "executed"
+
+    @property
+    def registry_home(self) -> Path:
+        return self.folder / "registry"
+
+
+#: set as the tracking password and token for the default run: it must appear nowhere
+#: in what the run writes (tests/test_reliability_secrets.py greps for it)
+SECRET_MARKER = f"wb-secret-{os.getpid()}-7c1e9a"
+SECRETS = {
+    "MLFLOW_TRACKING_TOKEN": SECRET_MARKER,
+    "MLFLOW_TRACKING_PASSWORD": SECRET_MARKER,
+    "MLFLOW_TRACKING_USERNAME": "student",
+}
+
+
+def run_workbook(
+    folder: Path, *args: str, timeout: float = 900, secrets: bool = False
+) -> WorkbookOutput:
+    """Run the real console script with ``--output folder``; capture everything.
+
+    ``secrets`` puts :data:`SECRETS` in the environment (no tracking server is set, so
+    they are merely present, as on a student's machine configured for DagsHub).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in store.SERVER_VARIABLES}
+    if secrets:
+        env.update(SECRETS)
+    env["CHURNLAB_HOME"] = str(folder / "own-home")  # must stay untouched without --reuse
+    env["CHURNLAB_ACTOR"] = "pytest"
+    done = subprocess.run(
+        [CHURNLAB, "workbook", "--output", str(folder), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=folder.parent,
+    )
+    return WorkbookOutput(folder, done.returncode, done.stdout, done.stderr)
+
+
+_DEFAULT_RUN: list[WorkbookOutput] = []
+
+
+def default_run(tmp_path_factory) -> WorkbookOutput:
+    """The whole workbook with default parameters, once per session."""
+    # (not functools.cache: pytest's TempPathFactory is not hashable)
+    if not _DEFAULT_RUN:
+        folder = tmp_path_factory.mktemp("workbook") / "reports"
+        _DEFAULT_RUN.append(run_workbook(folder, secrets=True))
+    return _DEFAULT_RUN[0]

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import staged_copy
+from support import staged_copy
 
 from churnlab.gate import Policy, run_gate
 from churnlab.staging import running_backend

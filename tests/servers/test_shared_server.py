@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from reliability_support import (
+from support import (
     MlflowServer,
     PostgresCluster,
     cli,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import _copy_db
+from support import copy_db as _copy_db
 
 from churnlab import data, schema
 from churnlab.scoring import Scorer
@@ -167,7 +167,7 @@ def test_churnlab_serve_exits_3_when_the_registry_is_unreachable():
 
 @pytest.mark.parametrize("case", ["unreachable", "bad stage"])
 def test_uvicorn_start_up_failure_is_one_clear_line(case):
-    """(An empty stage: tests/test_staging_smoke.py, through running_backend.)"""
+    """(An empty stage: tests/deploy/test_staging_smoke.py, through running_backend.)"""
     env = {**_unreachable_env(), "MODEL_STAGE": "staging"}
     says = "serving: cannot reach the MLflow tracking server"
     if case == "bad stage":

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from churnlab import data, onnx_export, schema
+from churnlab import data, onnx_export, schema, tags
 from churnlab.errors import InputError
-from churnlab.scoring import PARITY_TAG, Scorer, columns_to_inputs, records_to_inputs
+from churnlab.scoring import Scorer, columns_to_inputs, records_to_inputs
+from churnlab.tags import ONNX_PARITY as PARITY_TAG
 
 
 def records(frame, with_id: bool = True) -> list[dict]:
@@ -93,7 +94,7 @@ def test_customer_id_and_gender_do_not_change_a_score(registry, customers, kind)
 
 def test_a_version_without_a_graph_falls_back_to_scikit_learn(registry, customers):
     prove_parity(registry, 2)
-    registry.client.delete_model_version_tag(registry.model_name, "2", onnx_export.VERSION_TAG)
+    registry.client.delete_model_version_tag(registry.model_name, "2", tags.ONNX_ARTIFACT)
     scorer = Scorer.from_registry(registry, 2)
     assert scorer.kind == "sklearn"
     assert scorer.reason == "the version has no ONNX artifact"

@@ -7,8 +7,8 @@ import socket
 
 import mlflow
 import pytest
-from conftest import ROOT, run_cli
 from mlflow.tracking import MlflowClient
+from support import ROOT, run_cli
 
 from churnlab import store
 from churnlab.errors import RegistryUnavailable

@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from reliability_support import cli, free_port, remote_env, sqlite_server
+from support import cli, free_port, remote_env, sqlite_server
 
 MARKER = f"m4rker{uuid.uuid4().hex[:12]}"
 USER = "student"
@@ -134,7 +134,7 @@ def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_hom
 
 
 def test_workbook_run_with_secret_variables_leaks_nothing(tmp_path_factory, monkeypatch):
-    from workbook_support import SECRET_MARKER, default_run
+    from support import SECRET_MARKER, default_run
 
     run = default_run(tmp_path_factory)  # the session's one run carries the marker
     # leaks first: they are this test's subject, even in a run that stopped early

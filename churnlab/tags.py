@@ -1,0 +1,61 @@
+"""Every tag name churnlab writes on a registered model, a version or a run, in one place.
+
+Tags are the evidence a version carries: the gate's and the smoke check's verdicts and
+checks, the data snapshots it was built from, its ONNX artifact, and the history of moves
+(events on the registered model). Where MLflow already names a tag (the git commit of a
+run), the writer uses MLflow's own constant (``mlflow.utils.mlflow_tags``).
+"""
+
+from __future__ import annotations
+
+#: prefix of every tag churnlab owns
+PREFIX = "churnlab."
+
+# ---------------------------------------------------------------- on a version
+#: the gate's verdict: pending | passed | failed
+GATE_VERDICT = "churnlab.gate.verdict"
+#: one tag per gate check, ``churnlab.gate.<check>``: pass | fail | skip
+GATE_PREFIX = "churnlab.gate."
+#: the smoke check's verdict: none | pending | passed | failed
+SMOKE_VERDICT = "churnlab.smoke.verdict"
+#: one tag per smoke check and figure, ``churnlab.smoke.<check or figure>``
+SMOKE_PREFIX = "churnlab.smoke."
+#: the gate check that proves the ONNX graph equal to the pipeline (read by the scorer)
+ONNX_PARITY = "churnlab.gate.onnx_parity"
+#: the artifact path of the version's ONNX graph, when it has one
+ONNX_ARTIFACT = "churnlab.onnx"
+#: the estimator a version was trained with (also set on its run)
+ESTIMATOR = "churnlab.estimator"
+#: the digest of each data snapshot, ``churnlab.data.<kind>`` (also set on its run)
+DATA_PREFIX = "churnlab.data."
+#: the snapshots every version records
+DATA_KINDS: tuple[str, ...] = ("training", "evaluation", "reference")
+
+# ---------------------------------------------------------------- on a run
+#: where the training data came from (a file name or ``synthetic:seed=…,rows=…``)
+DATA_SOURCE = "churnlab.data_source"
+#: the plain commit tag the exercise's scripts read (MLflow's own is set beside it)
+GIT_COMMIT = "git_commit"
+
+# ---------------------------------------------------------------- on the registered model
+#: one tag per move of an alias, ``churnlab.event.<time ns>.<nonce>``: a JSON event
+EVENT_PREFIX = "churnlab.event."
+
+#: the value of each verdict tag on a freshly registered version
+INITIAL_VERDICTS: dict[str, str] = {GATE_VERDICT: "pending", SMOKE_VERDICT: "none"}
+
+#: the verdict tag and the per-check prefix of each kind of recorded result
+VERDICT_TAGS: dict[str, tuple[str, str]] = {
+    "gate": (GATE_VERDICT, GATE_PREFIX),
+    "smoke": (SMOKE_VERDICT, SMOKE_PREFIX),
+}
+
+
+def data_tag(kind: str) -> str:
+    """The tag holding the digest of a version's ``kind`` snapshot."""
+    return f"{DATA_PREFIX}{kind}"
+
+
+def under(tags: dict[str, str], prefix: str) -> dict[str, str]:
+    """The tags that start with ``prefix``, keyed by the rest of their name, sorted."""
+    return {k[len(prefix) :]: v for k, v in sorted(tags.items()) if k.startswith(prefix)}
