@@ -136,6 +136,104 @@ def signature(example: pd.DataFrame, proba: np.ndarray):
     return ModelSignature(inputs=schema.input_schema(), outputs=outputs)
 
 
+@dataclass
+class Fitted:
+    """A fitted pipeline and how it scored on the evaluation snapshot."""
+
+    pipeline: Any
+    example: pd.DataFrame
+    proba: np.ndarray
+    metrics: dict[str, float]
+    counts: dict[str, int]
+
+
+def split_data(
+    frame: pd.DataFrame | None, *, rows: int, seed: int, data_source: str | None
+) -> tuple[dict[str, pd.DataFrame], int, str]:
+    """The training, evaluation and reference snapshots; the row count and the data source.
+
+    Without ``frame`` the seeded synthetic generator makes ``rows`` customers; a given
+    frame is validated first.
+    """
+    if frame is None:
+        frame = data_mod.generate(rows, seed)
+        data_source = data_source or f"synthetic:seed={seed},rows={rows}"
+    else:
+        frame = data_mod.validate(frame, source=data_source or "data")
+    return data_mod.split(frame, seed=seed), len(frame), data_source or "dataframe"
+
+
+def fit(pipeline, parts: dict[str, pd.DataFrame], costs: CostMatrix) -> Fitted:
+    """Fit on the training snapshot; score on the evaluation snapshot."""
+    X_train, y_train = data_mod.features(parts["training"]), data_mod.labels(parts["training"])
+    X_eval, y_eval = data_mod.features(parts["evaluation"]), data_mod.labels(parts["evaluation"])
+    pipeline.fit(X_train, y_train)
+    proba = pipeline.predict_proba(X_eval)[:, 1]
+    return Fitted(
+        pipeline=pipeline,
+        example=X_train.head(3),
+        proba=proba,
+        metrics=score(y_eval, proba, costs),
+        counts=confusion(y_eval, proba >= 0.5),
+    )
+
+
+def log_snapshots(parts: dict[str, pd.DataFrame], snaps: dict[str, Any]) -> None:
+    """Log each snapshot as an artifact and an MLflow dataset input, its digest as a tag."""
+    import mlflow
+
+    for kind, snap in snaps.items():
+        mlflow.log_artifact(str(snap.path), artifact_path="data")
+        with warnings.catch_warnings():  # a file URI fits two source types; either is right
+            warnings.simplefilter("ignore", UserWarning)
+            ds = mlflow.data.from_pandas(
+                parts[kind],
+                source=store.dataset_source(mlflow.get_artifact_uri(f"data/{snap.path.name}")),
+                targets=schema.TARGET,
+                name=f"{kind}-{snap.digest}",
+                digest=snap.digest,
+            )
+        mlflow.log_input(ds, context=kind)
+        mlflow.set_tag(tags.data_tag(kind), snap.digest)
+
+
+def log_evidence(fitted: Fitted, y_eval: np.ndarray) -> None:
+    """Log the ROC curve, the confusion matrix and its counts."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from churnlab import plots
+
+    fig = plots.roc_curve(y_eval, fitted.proba)
+    mlflow.log_figure(fig, "plots/roc_curve.png")
+    fig2 = plots.confusion_matrix(fitted.counts)
+    mlflow.log_figure(fig2, "plots/confusion_matrix.png")
+    plt.close(fig)
+    plt.close(fig2)
+    mlflow.log_dict(fitted.counts, "metrics/confusion.json")
+
+
+def log_model(fitted: Fitted):
+    """Log the pipeline (skops, with its signature) and its ONNX graph; return both results.
+
+    Returns MLflow's ``ModelInfo`` and the version tags the ONNX export asks for.
+    """
+    import mlflow.sklearn
+
+    pipeline, example = fitted.pipeline, fitted.example
+    info = mlflow.sklearn.log_model(
+        pipeline,
+        name=MODEL_ARTIFACT,
+        signature=signature(example, pipeline.predict_proba(example)),
+        input_example=example,
+        pip_requirements=pip_requirements(),
+        pyfunc_predict_fn="predict_proba",
+        skops_trusted_types=trusted_types(pipeline),
+    )
+    # the same pipeline as a float64 ONNX graph, the fast serving path (see onnx_export)
+    return info, onnx_export.log_artifact(pipeline)
+
+
 def train_candidate(
     frame: pd.DataFrame | None = None,
     *,
@@ -155,33 +253,19 @@ def train_candidate(
     evaluation and drift-reference snapshots, each logged with its digest.
     """
     import mlflow
-    import mlflow.sklearn
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
     costs = costs or CostMatrix()
     pipeline = build_pipeline(estimator, params, seed)  # validates the estimator up front
-    if frame is None:
-        frame = data_mod.generate(rows, seed)
-        data_source = data_source or f"synthetic:seed={seed},rows={rows}"
-    else:
-        frame = data_mod.validate(frame, source=data_source or "data")
-    parts = data_mod.split(frame, seed=seed)
+    parts, total, source = split_data(frame, rows=rows, seed=seed, data_source=data_source)
 
     store.configure()
     store.check_reachable()
     experiment_id = store.ensure_experiment()
     snap_dir = store.home() / "snapshots" if not store.is_remote() else None
 
-    X_train, y_train = data_mod.features(parts["training"]), data_mod.labels(parts["training"])
-    X_eval, y_eval = data_mod.features(parts["evaluation"]), data_mod.labels(parts["evaluation"])
-    pipeline.fit(X_train, y_train)
-    proba = pipeline.predict_proba(X_eval)[:, 1]
-    metrics = score(y_eval, proba, costs)
-    counts = confusion(y_eval, proba >= 0.5)
+    fitted = fit(pipeline, parts, costs)
     commit = git_commit()
-
-    from churnlab import plots
-
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(snap_dir) if snap_dir else Path(tmp)
         snaps = {kind: data_mod.write_snapshot(part, kind, folder) for kind, part in parts.items()}
@@ -189,7 +273,7 @@ def train_candidate(
             mlflow.set_tags(
                 {
                     tags.ESTIMATOR: estimator,
-                    tags.DATA_SOURCE: data_source or "dataframe",
+                    tags.DATA_SOURCE: source,
                     MLFLOW_GIT_COMMIT: commit or "unknown",
                     tags.GIT_COMMIT: commit or "unknown",
                 }
@@ -198,58 +282,25 @@ def train_candidate(
                 {
                     "estimator": estimator,
                     "seed": seed,
-                    "rows": len(frame),
+                    "rows": total,
                     **{f"clf_{k}": v for k, v in (params or {}).items()},
                     **costs.as_params(),
                 }
             )
-            mlflow.log_metrics(metrics)
-            for kind, snap in snaps.items():
-                mlflow.log_artifact(str(snap.path), artifact_path="data")
-                with warnings.catch_warnings():  # a file URI fits two source types; either is right
-                    warnings.simplefilter("ignore", UserWarning)
-                    ds = mlflow.data.from_pandas(
-                        parts[kind],
-                        source=store.dataset_source(
-                            mlflow.get_artifact_uri(f"data/{snap.path.name}")
-                        ),
-                        targets=schema.TARGET,
-                        name=f"{kind}-{snap.digest}",
-                        digest=snap.digest,
-                    )
-                mlflow.log_input(ds, context=kind)
-                mlflow.set_tag(tags.data_tag(kind), snap.digest)
-            fig = plots.roc_curve(y_eval, proba)
-            mlflow.log_figure(fig, "plots/roc_curve.png")
-            fig2 = plots.confusion_matrix(counts)
-            mlflow.log_figure(fig2, "plots/confusion_matrix.png")
-            import matplotlib.pyplot as plt
-
-            plt.close(fig)
-            plt.close(fig2)
-            mlflow.log_dict(counts, "metrics/confusion.json")
-            example = X_train.head(3)
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name=MODEL_ARTIFACT,
-                signature=signature(example, pipeline.predict_proba(example)),
-                input_example=example,
-                pip_requirements=pip_requirements(),
-                pyfunc_predict_fn="predict_proba",
-                skops_trusted_types=trusted_types(pipeline),
-            )
-            # the same pipeline as a float64 ONNX graph, the fast serving path (see onnx_export)
-            extra_tags = onnx_export.log_artifact(pipeline)
+            mlflow.log_metrics(fitted.metrics)
+            log_snapshots(parts, snaps)
+            log_evidence(fitted, data_mod.labels(parts["evaluation"]))
+            info, extra_tags = log_model(fitted)
             run_id = run.info.run_id
     version = register(
-        model_name, info, run_id, estimator, snaps, metrics, description, extra_tags=extra_tags
+        model_name, info, run_id, estimator, snaps, fitted.metrics, description, extra_tags
     )
     return TrainResult(
         run_id=run_id,
         model_name=model_name,
         model_version=version,
         estimator=estimator,
-        metrics=metrics,
+        metrics=fitted.metrics,
         snapshots={
             k: {"digest": s.digest, "rows": s.rows, "file": s.path.name} for k, s in snaps.items()
         },
