@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from churnlab.backend import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,13 +47,6 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -119,12 +113,7 @@ class Server:
 
     def peak_rss_mb(self) -> dict[str, float]:
         """Peak resident memory (VmHWM) of the whole tree and of its largest process, MiB."""
-        peaks = []
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peaks.append(int(line.split()[1]) / 1024)
+        peaks = [mb for mb in map(peak_rss_mb, self.pids()) if mb is not None]
         return {
             "total": round(sum(peaks), 1),
             "largest": round(max(peaks, default=0.0), 1),

@@ -31,7 +31,6 @@ from benchmarks.common import (
     HOST,
     ROOT,
     Server,
-    free_port,
     machine,
     machine_line,
     median,
@@ -42,6 +41,7 @@ from benchmarks.common import (
     wait_until_serving,
     write_json,
 )
+from churnlab.backend import free_port
 
 MODEL = "churn-model"
 STAGE = "staging"

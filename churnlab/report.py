@@ -13,9 +13,12 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from churnlab import store
+
+if TYPE_CHECKING:  # the runner calls the report; the report only reads the run it is given
+    from churnlab.runner import WorkbookRun
 
 #: the tag of the 05_verify cell whose output is ``{"staging": {...}, "production": {...}}``
 HEALTH_TAG = "health"
@@ -169,7 +172,7 @@ def _cell(value: Any) -> str:
 
 def registry_summary(model_name: str) -> dict[str, Any]:
     """Versions, stage holders and history of ``model_name`` as plain data (empty if none)."""
-    from churnlab import workbook
+    from churnlab import tables
     from churnlab.errors import InputError
     from churnlab.registry import PRODUCTION, STAGING, Registry
 
@@ -178,18 +181,16 @@ def registry_summary(model_name: str) -> dict[str, Any]:
         registry.model()
     except InputError:
         return {"versions": [], "holders": {}, "history": []}
-    versions = workbook.versions_table(registry).reset_index().to_dict("records")
+    versions = tables.versions_table(registry).reset_index().to_dict("records")
     return {
         "versions": versions,
         "holders": {STAGING: registry.holder(STAGING), PRODUCTION: registry.holder(PRODUCTION)},
-        "history": workbook.history_table(registry).to_dict("records"),
+        "history": tables.history_table(registry).to_dict("records"),
     }
 
 
-def summary_html(run, facts: dict[str, Any], health: dict[str, Any] | None) -> str:
+def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any] | None) -> str:
     """The report's top: how the run went, then what the registry says."""
-    from churnlab import workbook
-
     parts = ['<section id="summary" class="wb-summary">', "<h1>churnlab workbook</h1>"]
     parts.append(f"<p>Registry: {html.escape(store.redact(run.registry_label))}.")
     if run.parameters:
@@ -205,7 +206,7 @@ def summary_html(run, facts: dict[str, Any], health: dict[str, Any] | None) -> s
         )
     ran = {r.name: r for r in run.runs}
     rows = []
-    for name in workbook.NOTEBOOKS:
+    for name in run.notebooks:
         r = ran.get(name)
         rows.append(
             {
@@ -260,8 +261,10 @@ def summary_html(run, facts: dict[str, Any], health: dict[str, Any] | None) -> s
     return "".join(parts)
 
 
-def build_report(run, *, out: Path, model_name: str = store.DEFAULT_MODEL_NAME) -> Path:
-    """Write the report of ``run`` (a ``workbook.WorkbookRun``) to ``out``; return it.
+def build_report(
+    run: WorkbookRun, *, out: Path, model_name: str = store.DEFAULT_MODEL_NAME
+) -> Path:
+    """Write the report of ``run`` to ``out``; return it.
 
     Written to a temporary file and renamed, so a reader never sees half a report.
     """

@@ -7,7 +7,7 @@ from here. The layout is that of the public IBM Telco Customer Churn CSV (21 col
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["categorical", "integer", "number"]
 
@@ -79,6 +79,31 @@ CATEGORICAL: tuple[str, ...] = tuple(f.name for f in MODEL_FEATURES if f.is_cate
 NUMERIC: tuple[str, ...] = tuple(f.name for f in MODEL_FEATURES if not f.is_categorical)
 #: The 21 columns of the Telco CSV, in the published order.
 CSV_COLUMNS: tuple[str, ...] = (ID_COLUMN, *FEATURE_NAMES, TARGET)
+
+#: One plausible customer, a record as ``POST /predict`` takes it (the API's example, the
+#: serving page's form, the smoke check's requests).
+EXAMPLE_RECORD: dict[str, Any] = {
+    "customerID": "7590-VHVEG",
+    "gender": "Female",
+    "SeniorCitizen": 0,
+    "Partner": "Yes",
+    "Dependents": "No",
+    "tenure": 1,
+    "PhoneService": "No",
+    "MultipleLines": "No phone service",
+    "InternetService": "DSL",
+    "OnlineSecurity": "No",
+    "OnlineBackup": "Yes",
+    "DeviceProtection": "No",
+    "TechSupport": "No",
+    "StreamingTV": "No",
+    "StreamingMovies": "No",
+    "Contract": "Month-to-month",
+    "PaperlessBilling": "Yes",
+    "PaymentMethod": "Electronic check",
+    "MonthlyCharges": 29.85,
+    "TotalCharges": 29.85,
+}
 
 _BY_NAME = {f.name: f for f in FEATURES}
 

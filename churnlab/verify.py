@@ -10,40 +10,72 @@ version that was never promoted must be served by neither.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from churnlab.backend import Backend, BackendFailed
+from churnlab.checks import Check, Result
 from churnlab.errors import InputError, Refused
-from churnlab.staging import TOLERANCE, Backend, BackendFailed
+from churnlab.registry import Registry, parse_stage
+from churnlab.smoke import TOLERANCE
 
 STAGES = ("staging", "production")
 SAMPLE_SEED = 20240917  # the fixed sample both backends score
+#: the columns of a verification table, one row per stage
+ROW_COLUMNS: tuple[str, ...] = (
+    "stage",
+    "alias_version",
+    "served_version",
+    "run_id",
+    "predictions_match",
+    "max_abs_diff",
+    "status",
+)
 
 
 @dataclass
-class VerifyResult:
-    """One row per stage (alias vs served version, predictions), plus unpromoted versions."""
+class VerifyResult(Result):
+    """One row per stage (alias vs served version, predictions), plus unpromoted versions.
 
-    model_name: str
+    Each row is also a check named after its stage (served version ``==`` alias version,
+    the row's status as detail), and ``unpromoted`` checks that no backend serves a version
+    that was never promoted. ``version`` is None: the result is about a model's stages.
+    """
+
+    version: int | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     health: dict[str, dict[str, Any]] = field(default_factory=dict)
     unpromoted: list[int] = field(default_factory=list)
     unpromoted_served: list[int] = field(default_factory=list)
     sample_rows: int = 0
 
+    title: ClassVar[str] = "Verification"
+    needs_checks: ClassVar[bool] = True
+
     @property
     def ok(self) -> bool:
-        return (
-            bool(self.rows)
-            and all(r["status"] == "ok" for r in self.rows)
-            and not self.unpromoted_served
+        """Every stage serves its alias's version, and no unpromoted version is served."""
+        return self.passed
+
+    def add(self, row: dict[str, Any], health: dict[str, Any]) -> None:
+        """Add one stage's row, its ``/health`` answer and the check it makes."""
+        self.rows.append(row)
+        self.health[row["stage"]] = health
+        self.checks.append(
+            Check.of(
+                row["stage"],
+                row["status"] == "ok",
+                row["served_version"],
+                row["alias_version"],
+                "==",
+                row["status"],
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model_name": self.model_name,
+            **super().to_dict(),
             "ok": self.ok,
             "rows": [dict(r) for r in self.rows],
             "health": {k: dict(v) for k, v in self.health.items()},
@@ -52,20 +84,11 @@ class VerifyResult:
             "sample_rows": self.sample_rows,
         }
 
-    def table(self):
+    def table(self, columns: tuple[str, ...] = ROW_COLUMNS):
         """The rows as a DataFrame (for notebooks and reports)."""
         import pandas as pd
 
-        columns = [
-            "stage",
-            "alias_version",
-            "served_version",
-            "run_id",
-            "predictions_match",
-            "max_abs_diff",
-            "status",
-        ]
-        return pd.DataFrame(self.rows, columns=columns)
+        return pd.DataFrame(self.rows, columns=list(columns))
 
     def summary(self) -> str:
         """One line: verified, or what disagrees."""
@@ -122,7 +145,7 @@ def sample(rows: int = 50):
     return data.generate(rows, seed=SAMPLE_SEED)
 
 
-def _expected(registry, version: int, frame):
+def _expected(registry: Registry, version: int, frame):
     """``version``'s churn probabilities for ``frame`` from its scikit-learn pipeline, or
     the exception that prevented them (raised when a backend's answers are compared)."""
     from churnlab import data
@@ -136,23 +159,29 @@ def _expected(registry, version: int, frame):
         return exc
 
 
-def _verify_stage(
-    backend: Backend, registry, stage: str, alias_version: int, frame, expected
-) -> tuple:
-    import numpy as np
-
-    from churnlab import schema
-
-    mv = registry.version(alias_version)
-    row: dict[str, Any] = {
+def _row(stage: str, alias_version: int, status: str = "ok") -> dict[str, Any]:
+    """A stage's row before its backend was asked anything."""
+    return {
         "stage": stage,
         "alias_version": alias_version,
         "served_version": None,
         "run_id": None,
         "predictions_match": None,
         "max_abs_diff": None,
-        "status": "ok",
+        "status": status,
     }
+
+
+def _verify_stage(
+    backend: Backend, registry: Registry, stage: str, alias_version: int, frame, expected
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One stage's row and ``/health`` answer: served version and predictions vs the alias."""
+    import numpy as np
+
+    from churnlab import schema
+
+    mv = registry.version(alias_version)
+    row = _row(stage, alias_version)
     try:
         health = backend.health()
     except Exception as exc:
@@ -196,7 +225,7 @@ def _verify_stage(
 
 def verify_side_by_side(
     *,
-    registry=None,
+    registry: Registry | None = None,
     staging_port: int | None = None,
     production_port: int | None = None,
     sample_rows: int = 50,
@@ -209,11 +238,9 @@ def verify_side_by_side(
     ``stages=("staging",)`` to verify one stage only. With ``attach=True`` the backends
     must already listen on ``127.0.0.1:<port>`` (e.g. the compose deployment).
     """
-    from churnlab.registry import Registry, _normal_alias
-
     if sample_rows < 1:
         raise InputError(f"sample_rows must be at least 1, got {sample_rows}")
-    stages = tuple(dict.fromkeys(_normal_alias(s) for s in stages))
+    stages = tuple(dict.fromkeys(parse_stage(s) for s in stages))
     if not stages:
         raise InputError("name at least one stage to verify")
     registry = registry or Registry()
@@ -231,9 +258,6 @@ def verify_side_by_side(
     result = VerifyResult(registry.model_name, sample_rows=sample_rows)
 
     backends = {s: Backend(s, port=ports[s], model_name=registry.model_name) for s in stages}
-    if attach:
-        for backend in backends.values():
-            backend.url = f"http://127.0.0.1:{backend.port}"
     with contextlib.ExitStack() as stack:
         started: dict[str, str | None] = {}
         if not attach:
@@ -250,68 +274,24 @@ def verify_side_by_side(
                 except BackendFailed as exc:
                     started[s] = str(exc)
         for s, backend in backends.items():
-            if started.get(s):
-                row = {
-                    "stage": s,
-                    "alias_version": holders[s],
-                    "served_version": None,
-                    "run_id": None,
-                    "predictions_match": None,
-                    "max_abs_diff": None,
-                    "status": started[s],
-                }
-                health: dict[str, Any] = {}
+            failed = started.get(s)
+            if failed:
+                result.add(_row(s, holders[s], failed), {})
             else:
-                row, health = _verify_stage(backend, registry, s, holders[s], frame, expected[s])
-            result.rows.append(row)
-            result.health[s] = health
+                result.add(*_verify_stage(backend, registry, s, holders[s], frame, expected[s]))
 
     newest = max(holders.values())
     served = {r["served_version"] for r in result.rows}
     result.unpromoted = [int(v.version) for v in registry.versions() if int(v.version) > newest]
     result.unpromoted_served = [v for v in result.unpromoted if v in served]
+    result.checks.append(
+        Check.of(
+            "unpromoted",
+            not result.unpromoted_served,
+            result.unpromoted_served,
+            [],
+            "==",
+            "versions newer than every stage's holder that a backend serves",
+        )
+    )
     return result
-
-
-# ---------------------------------------------------------------------------- CLI
-def cmd_verify(args) -> int:
-    from churnlab.registry import Registry
-
-    result = verify_side_by_side(
-        registry=Registry(args.model),
-        staging_port=args.staging_port,
-        production_port=args.production_port,
-        sample_rows=args.sample_rows,
-        stages=args.stage or STAGES,
-        attach=args.attach,
-    )
-    if args.json:
-        print(json.dumps(result.to_dict(), sort_keys=True, default=str))
-    else:
-        print("\n".join(result.lines()))
-        print(result.summary())
-    return 0 if result.ok else 1
-
-
-def add_cli(subparsers) -> None:
-    """Add ``verify`` to the churnlab command line."""
-    p = subparsers.add_parser(
-        "verify",
-        help="run the staging and production backends side by side and check each against its alias",
-    )
-    p.add_argument("--staging-port", type=int, default=8000)
-    p.add_argument("--production-port", type=int, default=8001)
-    p.add_argument(
-        "--stage",
-        action="append",
-        choices=list(STAGES),
-        help="verify only this stage (repeatable; default both)",
-    )
-    p.add_argument("--sample-rows", type=int, default=50, help="customers in the fixed sample")
-    p.add_argument(
-        "--attach",
-        action="store_true",
-        help="check backends already running on the ports instead of starting them",
-    )
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_verify)

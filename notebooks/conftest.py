@@ -26,8 +26,8 @@ def _nbval(config) -> bool:
 def pytest_configure(config) -> None:
     if not _nbval(config):
         return
+    from churnlab.runner import REFERENCE_ACTOR
     from churnlab.store import SERVER_VARIABLES
-    from churnlab.workbook import REFERENCE_ACTOR
 
     home = tempfile.mkdtemp(prefix="churnlab-nbval-")
     config.stash[_HOME] = home

@@ -3,14 +3,18 @@
 At start-up it resolves the stage's alias (``@staging`` or ``@production``) ONCE, loads
 that version from the registry and serves it until restarted: a later promotion never
 changes a running server. Run it with ``churnlab serve --stage production --port 8001``
-or ``uvicorn serving.app:app`` (configured by the variables in :data:`ENV_VARIABLES`).
+(:func:`serve`) or ``uvicorn serving.app:app`` (configured by the variables in
+:data:`ENV_VARIABLES`).
 
 Endpoints: ``GET /health``, ``POST /predict``, ``GET /metadata``, ``GET /`` (a page for
 people) and the OpenAPI docs at ``/docs``. No endpoint changes the registry.
 
 ``POST /predict`` takes customers as records or as columns (see :mod:`serving.contract`)
 and says how long the server spent on the request in ``Server-Timing: app;dur=<ms>``
-(from the handler's start, reading the body included, to the response built).
+(from the handler's start, reading the body included, to the response built). Response
+bodies are the pydantic models below; ``/predict`` decodes its raw body with msgspec and
+renders its answer itself, so its models only document it (``openapi_extra`` describes its
+request).
 """
 
 from __future__ import annotations
@@ -21,14 +25,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
+from churnlab import schema, store
+from churnlab.backend import DEFAULT_PORTS, port_free
 from churnlab.errors import ChurnlabError, InputError, Refused, RegistryUnavailable
+from churnlab.registry import ALIASES, Registry
 from serving import contract
 
 #: The variables the app itself reads.
@@ -52,12 +60,12 @@ MLFLOW_AUTH_VARIABLES: tuple[str, ...] = (
 #: Every variable a deployment may set for this app (compose files are checked against it).
 ENV_VARIABLES: frozenset[str] = frozenset(APP_VARIABLES + MLFLOW_AUTH_VARIABLES)
 
-STAGES = ("staging", "production")
+STAGES: tuple[str, ...] = tuple(ALIASES)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Bodies up to this size (a few dozen customers) are scored on the event loop when the
-#: ONNX graph serves: well under a millisecond, less than handing them to a worker thread
-#: costs. Larger bodies, and every body a scikit-learn pipeline scores (milliseconds even
-#: for one row), go to a worker thread so that they never block the loop.
+#: ONNX graph serves: scoring them costs less than handing them to a worker thread.
+#: Larger bodies, and every body a scikit-learn pipeline scores, go to a worker thread so
+#: that they never block the loop.
 INLINE_BODY_BYTES = 16 * 1024
 #: The page may load only what this server serves (no CDN, no inline script).
 PAGE_POLICY = (
@@ -150,13 +158,10 @@ def load(settings: Settings) -> Served:
     the model is unknown and :class:`RegistryUnavailable` when the registry cannot be
     reached or the version cannot be loaded.
     """
-    from churnlab import store
-
     store.configure()
     store.check_reachable()
     name, stage = settings.model_name, settings.stage
     try:
-        from churnlab.registry import GATE_TAG, SMOKE_TAG, Registry
         from churnlab.scoring import Scorer
 
         registry = Registry(name)
@@ -166,8 +171,7 @@ def load(settings: Settings) -> Served:
             how = "churnlab stage VERSION" if stage == "staging" else "churnlab promote VERSION"
             raise Refused(f"{name} has no version in {stage}: nothing to serve (run `{how}`)")
         scorer = Scorer.from_registry(registry, version)
-        mv = registry.version(version)
-        run = registry._call(registry.client.get_run, mv.run_id)
+        evidence = registry.evidence(version)
     except ChurnlabError:
         raise
     except Exception as exc:  # an MLflow failure: say which model, briefly
@@ -176,83 +180,137 @@ def load(settings: Settings) -> Served:
             f"{type(exc).__name__}: {store.redact(_first_line(exc))}"
         ) from None
 
-    tags = dict(mv.tags or {})
-
-    def tagged(prefix: str) -> dict[str, str]:
-        return {k[len(prefix) :]: v for k, v in sorted(tags.items()) if k.startswith(prefix)}
-
-    gate_checks = {k: v for k, v in tagged("churnlab.gate.").items() if k != "verdict"}
-    smoke = {k: v for k, v in tagged("churnlab.smoke.").items() if k != "verdict"}
     metadata = {
         "model_name": name,
         "model_version": version,
         "stage": stage,
-        "run_id": mv.run_id,
-        "description": mv.description or "",
-        "estimator": tags.get("churnlab.estimator"),
+        "run_id": evidence.run_id,
+        "description": evidence.description,
+        "estimator": evidence.estimator,
         "scorer": {
             "kind": getattr(scorer, "kind", "sklearn"),
             "reason": getattr(scorer, "reason", ""),
         },
-        "schema": _schema(),
-        "metrics": dict(sorted(run.data.metrics.items())),
-        "gate": {"verdict": tags.get(GATE_TAG, "pending"), "checks": gate_checks},
-        "smoke": {"verdict": tags.get(SMOKE_TAG, "none"), **smoke},
-        "data": tagged("churnlab.data."),
+        "schema": schema.describe(),
+        "metrics": evidence.metrics,
+        "gate": {"verdict": evidence.gate, "checks": evidence.gate_checks},
+        "smoke": {"verdict": evidence.smoke, **evidence.smoke_checks},
+        "data": evidence.data,
         "limits": {"max_records": settings.max_records, "max_body_bytes": settings.max_body_bytes},
-        "example": dict(contract.EXAMPLE_RECORD),
+        "example": dict(schema.EXAMPLE_RECORD),
     }
-    return Served(settings, scorer, mv.run_id, metadata)
-
-
-def _schema() -> list[dict[str, Any]]:
-    from churnlab import schema
-
-    return schema.describe()
+    return Served(settings, scorer, evidence.run_id, metadata)
 
 
 # ---------------------------------------------------------------------------- the app
-#: The answers of ``POST /predict``, as the OpenAPI schema states them (checked by fuzzing).
-PREDICTIONS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["model_name", "model_version", "stage", "predictions"],
-    "properties": {
-        "model_name": {"type": "string"},
-        "model_version": {"type": "integer", "minimum": 1},
-        "stage": {"type": "string", "enum": list(STAGES)},
-        "predictions": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["churn_probability", "churn"],
-                "properties": {
-                    "churn_probability": {"type": "number", "minimum": 0, "maximum": 1},
-                    "churn": {"type": "boolean"},
-                },
-            },
-        },
-    },
-}
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["detail"],
-    "properties": {
-        "detail": {"type": "string", "minLength": 1},
-        "errors": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["field", "problem"],
-                "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
-            },
-        },
-    },
-}
+#: A stage a server serves.
+Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 
-def _answer(description: str, body: dict[str, Any]) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": body}}}
+class Health(BaseModel):
+    """What ``GET /health`` answers: the stage, model and version this server serves."""
+
+    status: Literal["ok"]
+    stage: Stage
+    model_name: str
+    model_version: int = Field(ge=1)
+    run_id: str
+    scorer: str = Field(description="what scores: onnx (the proven graph) or sklearn")
+
+
+class ScorerInfo(BaseModel):
+    """Which scorer serves and why."""
+
+    kind: str
+    reason: str
+
+
+class FeatureInfo(BaseModel):
+    """One input column of the feature schema, as ``churnlab.schema.describe`` lists it."""
+
+    name: str
+    type: Literal["string", "long", "double"]
+    used_by_model: bool
+    values: list[str] | SkipJsonSchema[None] = None
+    minimum: int | float | SkipJsonSchema[None] = None
+    maximum: int | float | SkipJsonSchema[None] = None
+    description: str | SkipJsonSchema[None] = None
+
+
+class GateEvidence(BaseModel):
+    """The gate's verdict and each check's status, by check name."""
+
+    verdict: str
+    checks: dict[str, str]
+
+
+class SmokeEvidence(BaseModel):
+    """The smoke check's verdict, then each check's status and each figure, by name."""
+
+    model_config = ConfigDict(extra="allow")
+
+    verdict: str
+
+
+class Limits(BaseModel):
+    """The request limits this server applies."""
+
+    max_records: int
+    max_body_bytes: int
+
+
+class Metadata(BaseModel):
+    """What ``GET /metadata`` answers: the served version's evidence and the input schema."""
+
+    model_name: str
+    model_version: int = Field(ge=1)
+    stage: Stage
+    run_id: str
+    description: str
+    estimator: str | None
+    scorer: ScorerInfo
+    schema_: list[FeatureInfo] = Field(alias="schema")
+    metrics: dict[str, float]
+    gate: GateEvidence
+    smoke: SmokeEvidence
+    data: dict[str, str]
+    limits: Limits
+    example: dict[str, Any]
+
+
+class Prediction(BaseModel):
+    """One customer's churn probability and decision."""
+
+    churn_probability: float = Field(ge=0, le=1)
+    churn: bool
+
+
+class Predictions(BaseModel):
+    """The answer of ``POST /predict``: one prediction per customer, in the order sent."""
+
+    model_name: str
+    model_version: int = Field(ge=1)
+    stage: Stage
+    predictions: list[Prediction] = Field(min_length=1)
+
+
+class Problem(BaseModel):
+    """One reason a request was refused: the field (``records[3].Contract``) and why."""
+
+    field: str
+    problem: str
+    type: str
+
+
+class ErrorAnswer(BaseModel):
+    """Every refusal: one line, and each problem when the body broke the contract."""
+
+    detail: str = Field(min_length=1)
+    errors: list[Problem] | SkipJsonSchema[None] = None
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"description": description, "model": ErrorAnswer}
 
 
 def _timing(started: float) -> dict[str, str]:
@@ -314,14 +372,12 @@ class ServingApp(FastAPI):
                 self.state.served.settings.max_records, self.state.served.settings.max_body_bytes
             )
             _document(self, self.state.contract)
-            # everything loaded so far (MLflow, onnxruntime, ~290,000 tracked objects) lives
-            # as long as the process: take it out of the cyclic collector's sight. Otherwise
-            # now and then a full collection walks all of it, stalling one request ~0.3 s.
-            # (No gc.collect() first: it would add ~0.25 s to start-up to free ~500 objects.)
+            # everything loaded so far (MLflow, onnxruntime) lives as long as the process:
+            # take it out of the cyclic collector's sight, or now and then a full collection
+            # walks all of it and stalls a request. (No gc.collect() first: it would slow
+            # start-up and free next to nothing.)
             gc.freeze()
         except ChurnlabError as exc:
-            from churnlab import store
-
             await send(
                 {"type": "lifespan.startup.failed", "message": f"serving: {store.redact(str(exc))}"}
             )
@@ -344,12 +400,12 @@ def _document(app: FastAPI, checker: contract.Contract) -> None:
                             "examples": {
                                 "records": {
                                     "summary": "one object per customer",
-                                    "value": {"records": [contract.EXAMPLE_RECORD]},
+                                    "value": {"records": [schema.EXAMPLE_RECORD]},
                                 },
                                 "columns": {
                                     "summary": "one list per feature (large batches)",
                                     "value": {
-                                        "columns": contract.to_columns([contract.EXAMPLE_RECORD])
+                                        "columns": contract.to_columns([schema.EXAMPLE_RECORD])
                                     },
                                 },
                             },
@@ -372,12 +428,17 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     app.state.served = served
     app.state.contract = None
 
-    @app.get("/health", tags=["serving"])
+    @app.get("/health", tags=["serving"], response_model=Health)
     def health(request: Request) -> dict[str, Any]:
         """The stage, model and version this server serves (fixed until restarted)."""
         return request.app.state.served.health()
 
-    @app.get("/metadata", tags=["serving"])
+    @app.get(
+        "/metadata",
+        tags=["serving"],
+        response_model=Metadata,
+        response_model_exclude_unset=True,
+    )
     def metadata(request: Request) -> dict[str, Any]:
         """Feature schema, the version's metrics, gate and smoke results, data digests."""
         return request.app.state.served.metadata
@@ -385,12 +446,13 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     @app.post(
         "/predict",
         tags=["serving"],
+        response_model=Predictions,
+        response_description="one prediction per record, in order",
         responses={
-            200: _answer("one prediction per record, in order", PREDICTIONS_SCHEMA),
-            400: _answer("malformed JSON", ERROR_SCHEMA),
-            413: _answer("request body too large", ERROR_SCHEMA),
-            415: _answer("not JSON", ERROR_SCHEMA),
-            422: _answer("customers that break the input contract", ERROR_SCHEMA),
+            400: _refusal("malformed JSON"),
+            413: _refusal("request body too large"),
+            415: _refusal("not JSON"),
+            422: _refusal("customers that break the input contract"),
         },
     )
     async def predict(request: Request) -> Response:
@@ -469,6 +531,51 @@ def render(served: Served, predictions: list[dict[str, Any]]) -> bytes:
             "stage": served.settings.stage,
             "predictions": predictions,
         }
+    )
+
+
+def serve(
+    *,
+    model_name: str | None = None,
+    stage: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_records: int | None = None,
+    max_body_bytes: int | None = None,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> None:
+    """Load the stage's version, then serve it with uvicorn until interrupted.
+
+    What ``churnlab serve`` runs. Arguments left None come from the environment
+    (:meth:`Settings.from_env`); the port defaults to the stage's usual one. Everything
+    that can fail (settings, port, registry, model) fails before uvicorn starts.
+    """
+    settings = Settings.from_env(
+        model_name=model_name,
+        stage=stage,
+        max_records=max_records,
+        max_body_bytes=max_body_bytes,
+    )
+    port = port if port is not None else DEFAULT_PORTS[settings.stage]
+    if not 0 < port < 65536:
+        raise InputError(f"--port must be between 1 and 65535, got {port}")
+    if not port_free(port, host):
+        raise InputError(f"port {port} on {host} is in use; choose another with --port")
+    served = load(settings)
+    import uvicorn
+
+    print(
+        f"Serving {settings.model_name} v{served.version} ({settings.stage}) "
+        f"on http://{host}:{port}  (page /, API docs /docs)",
+        flush=True,
+    )
+    uvicorn.run(
+        create_app(served=served),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
     )
 
 

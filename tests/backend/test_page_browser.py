@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support import CHROMIUM_ARGS
 
-from churnlab.staging import running_backend
-from serving.contract import EXAMPLE_RECORD
+from churnlab.backend import running_backend
+from churnlab.schema import EXAMPLE_RECORD
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/serving-helper")

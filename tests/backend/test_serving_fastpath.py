@@ -260,7 +260,7 @@ def test_the_property_saw_every_outcome():
 
 @pytest.mark.parametrize("layout", contract.LAYOUTS)
 def test_integers_written_as_floats_are_left_to_pydantic_which_accepts_them(layout):
-    record = {**contract.EXAMPLE_RECORD, "tenure": 3}
+    record = {**schema.EXAMPLE_RECORD, "tenure": 3}
     text = json.dumps(
         {"records": [record]} if layout == "records" else {"columns": contract.to_columns([record])}
     )
@@ -276,8 +276,8 @@ def test_integers_written_as_floats_are_left_to_pydantic_which_accepts_them(layo
 
 def test_records_and_columns_of_the_same_customers_are_the_same_batch():
     records = [
-        contract.EXAMPLE_RECORD,
-        {**contract.EXAMPLE_RECORD, "customerID": None, "tenure": 40, "MonthlyCharges": 80},
+        schema.EXAMPLE_RECORD,
+        {**schema.EXAMPLE_RECORD, "customerID": None, "tenure": 40, "MonthlyCharges": 80},
     ]
     by_records = CHECKER.parse(json.dumps({"records": records}).encode())
     by_columns = CHECKER.parse(json.dumps({"columns": contract.to_columns(records)}).encode())
@@ -288,7 +288,7 @@ def test_records_and_columns_of_the_same_customers_are_the_same_batch():
 
 
 def test_unequal_columns_are_named_in_one_line():
-    columns = contract.to_columns([contract.EXAMPLE_RECORD] * 3)
+    columns = contract.to_columns([schema.EXAMPLE_RECORD] * 3)
     columns["tenure"] = [1, 2]
     columns["Contract"] = columns["Contract"] * 2
     body = json.dumps({"columns": columns}).encode()

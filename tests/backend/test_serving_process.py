@@ -22,9 +22,9 @@ import requests
 from support import copy_db as _copy_db
 
 from churnlab import data, schema
+from churnlab.backend import free_port, running_backend
+from churnlab.schema import EXAMPLE_RECORD
 from churnlab.scoring import Scorer
-from churnlab.staging import free_port, running_backend
-from serving.contract import EXAMPLE_RECORD
 
 CHURNLAB = str(Path(sys.executable).with_name("churnlab"))
 SECRET = "s3cret-token-value"

@@ -8,8 +8,11 @@ import pytest
 from support import run_cli
 
 from churnlab import gate
+from churnlab.backend import BackendFailed, running_backend
+from churnlab.checks import COLUMNS
 from churnlab.errors import InputError, Refused
-from churnlab.staging import BackendFailed, SmokeResult, running_backend, smoke_check
+from churnlab.smoke import SmokeResult, smoke_check
+from churnlab.tags import SMOKE_PREFIX
 from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
 
@@ -33,27 +36,27 @@ def test_passed_smoke_check_is_recorded_and_unlocks_promotion(registry):
     assert isinstance(result, SmokeResult)
     assert result.passed and result.verdict == "passed", result.summary()
     assert (result.model_name, result.version, result.stage) == ("churn-model", 1, "staging")
-    names = [c["name"] for c in result.checks]
+    names = [c.name for c in result.checks]
     assert names == ["startup", "health", "predictions", "latency", "bad_input", "memory"]
-    assert all(c["status"] == "pass" for c in result.checks)
-    checks = {c["name"]: c for c in result.checks}
-    assert checks["predictions"]["value"] <= 1e-9
-    assert "750 rows of the evaluation snapshot" in checks["predictions"]["detail"]
-    assert checks["bad_input"]["value"] == "9/9"
+    assert all(c.status == "pass" for c in result.checks)
+    checks = {c.name: c for c in result.checks}
+    assert checks["predictions"].value <= 1e-9
+    assert "750 rows of the evaluation snapshot" in checks["predictions"].detail
+    assert checks["bad_input"].value == "9/9"
     assert result.health["model_version"] == 1 and result.health["stage"] == "staging"
     assert 0 < result.p50_ms <= result.p95_ms
     assert result.peak_rss_mb > 50 and result.startup_s > 0
 
     tags = registry.version(1).tags
     assert tags[SMOKE_TAG] == "passed"
-    assert float(tags["churnlab.smoke.p50_ms"]) == result.p50_ms
-    assert float(tags["churnlab.smoke.p95_ms"]) == result.p95_ms
-    assert float(tags["churnlab.smoke.peak_rss_mb"]) == result.peak_rss_mb
-    assert tags["churnlab.smoke.predictions"] == "pass"
+    assert float(tags[SMOKE_PREFIX + "p50_ms"]) == result.p50_ms
+    assert float(tags[SMOKE_PREFIX + "p95_ms"]) == result.p95_ms
+    assert float(tags[SMOKE_PREFIX + "peak_rss_mb"]) == result.peak_rss_mb
+    assert tags[SMOKE_PREFIX + "predictions"] == "pass"
     assert _artifact(registry, 1) == json.loads(json.dumps(result.to_dict()))
 
     table = result.table()
-    assert list(table.columns) == ["name", "status", "value", "threshold", "detail"]
+    assert list(table.columns) == list(COLUMNS)
     assert len(table) == len(result.checks)
     assert result.summary().startswith("Smoke check passed: churn-model v1 (staging): p50 ")
 

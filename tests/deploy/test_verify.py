@@ -7,8 +7,8 @@ import json
 import pytest
 from support import run_cli
 
+from churnlab.backend import free_port, running_backend
 from churnlab.errors import Refused
-from churnlab.staging import free_port, running_backend
 from churnlab.verify import VerifyResult, verify_side_by_side
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from churnlab import cli, workbook
+from churnlab import cli, runner, workbook
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -95,7 +95,7 @@ def test_candidate_workflow_runs_on_model_code_changes_and_by_hand():
     paths = on["push"]["paths"]
     assert {"churnlab/**", "serving/**"} <= set(paths)
     notebooks = sorted(p for p in paths if p.startswith("notebooks/"))
-    assert notebooks == [f"notebooks/{n}.ipynb" for n in workbook.NOTEBOOKS[:3]]
+    assert notebooks == [f"notebooks/{n}.ipynb" for n in runner.NOTEBOOKS[:3]]
 
 
 def test_promote_workflow_is_manual_with_a_version_and_an_optional_reason():
@@ -133,20 +133,20 @@ def test_workflows_upload_the_report_even_when_a_step_failed(path):
 def _check_command(argv: list[str], expected: list[str]) -> dict:
     assert argv[:2] == ["churnlab", "workbook"]
     args = cli.build_parser().parse_args(argv[1:])
-    assert args.func is workbook.cmd_workbook
+    assert args.func is cli.cmd_workbook
     assert args.reuse_registry, "CI runs against the team's tracking server"
-    assert workbook.select(args.only) == expected
-    parameters = {name: workbook.parse_value(value) for name, value in args.parameters}
+    assert runner.select(args.only) == expected
+    parameters = {name: runner.parse_value(value) for name, value in args.parameters}
     declared = {
-        n: workbook.declared_parameters(workbook.notebooks_dir() / f"{n}.ipynb") for n in expected
+        n: runner.declared_parameters(runner.notebooks_dir() / f"{n}.ipynb") for n in expected
     }
-    workbook.check_parameters(parameters, declared)  # raises on an unknown or mistyped one
+    runner.check_parameters(parameters, declared)  # raises on an unknown or mistyped one
     return parameters
 
 
 def test_candidate_workflow_runs_notebooks_01_to_03_with_valid_parameters():
     argv = workbook_command(load(CANDIDATE), {"CANDIDATES": "logreg"})
-    parameters = _check_command(argv, list(workbook.NOTEBOOKS[:3]))
+    parameters = _check_command(argv, list(runner.NOTEBOOKS[:3]))
     assert parameters == {"candidates": "logreg"}
     default = triggers(load(CANDIDATE))["workflow_dispatch"]["inputs"]["candidates"]["default"]
     assert workbook.candidate_names(default) == ["logreg"]

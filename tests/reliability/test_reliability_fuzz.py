@@ -20,8 +20,8 @@ import pytest
 import requests
 from support import staged_copy
 
-from churnlab.staging import running_backend
-from serving.contract import EXAMPLE_RECORD
+from churnlab.backend import running_backend
+from churnlab.schema import EXAMPLE_RECORD
 
 POSITIVE_CASES = 620  # schema-valid requests to POST /predict
 NEGATIVE_CASES = 400  # schema-breaking requests to POST /predict

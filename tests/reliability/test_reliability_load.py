@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from support import staged_copy
 
+from churnlab.backend import running_backend
 from churnlab.gate import Policy, run_gate
-from churnlab.staging import running_backend
-from serving.contract import EXAMPLE_RECORD
+from churnlab.schema import EXAMPLE_RECORD
 
 CLIENTS = 32
 SECONDS = 30

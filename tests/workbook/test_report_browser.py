@@ -13,7 +13,7 @@ import pytest
 import support
 from support import CHROMIUM_ARGS
 
-from churnlab import workbook
+from churnlab import runner
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = CHROMIUM_ARGS
@@ -69,7 +69,7 @@ def test_report_renders_every_section_and_image_offline(browser, page_report):
     try:
         assert page.title() == "churnlab workbook"
         assert page.locator("#summary h1").inner_text() == "churnlab workbook"
-        for name in workbook.NOTEBOOKS:
+        for name in runner.NOTEBOOKS:
             section = page.locator(f"#nb-{name}")
             assert section.count() == 1, name
             assert section.locator("h1").first.is_visible(), name

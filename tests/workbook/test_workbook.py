@@ -21,8 +21,9 @@ import requests
 import support
 from support import run_cli
 
-from churnlab import report, store, workbook
+from churnlab import report, runner, store, tables, workbook
 from churnlab.errors import InputError
+from churnlab.kernel import NotebookFailed, SharedKernel
 from churnlab.registry import PRODUCTION, STAGING, Registry
 
 
@@ -49,32 +50,32 @@ def code_cells(path) -> list:
     [("0.9", 0.9), ("3", 3), ("False", False), ("None", None), ("logreg", "logreg"), ("", "")],
 )
 def test_parameter_values_are_read_like_papermill(text, value):
-    assert workbook.parse_value(text) == value
-    assert type(workbook.parse_value(text)) is type(value)
+    assert runner.parse_value(text) == value
+    assert type(runner.parse_value(text)) is type(value)
 
 
 def test_only_accepts_numbers_and_names_and_keeps_the_order():
-    assert workbook.select("03,1,02_gate") == ["01_train", "02_gate", "03_staging"]
-    assert workbook.select(None) == list(workbook.NOTEBOOKS)
+    assert runner.select("03,1,02_gate") == ["01_train", "02_gate", "03_staging"]
+    assert runner.select(None) == list(runner.NOTEBOOKS)
     with pytest.raises(InputError, match="--only takes notebook numbers"):
-        workbook.select("06")
+        runner.select("06")
 
 
 def test_parameters_are_checked_against_the_notebooks_that_run():
     declared = {
-        n: workbook.declared_parameters(workbook.notebooks_dir() / f"{n}.ipynb")
+        n: runner.declared_parameters(runner.notebooks_dir() / f"{n}.ipynb")
         for n in ("01_train", "02_gate")
     }
-    workbook.check_parameters({"accuracy_threshold": 0.9, "rows": 500}, declared)
+    runner.check_parameters({"accuracy_threshold": 0.9, "rows": 500}, declared)
     with pytest.raises(InputError, match="unknown parameter 'walkthrough'"):
-        workbook.check_parameters({"walkthrough": False}, declared)  # 04/05 only
+        runner.check_parameters({"walkthrough": False}, declared)  # 04/05 only
     with pytest.raises(InputError, match="accuracy_threshold takes a float"):
-        workbook.check_parameters({"accuracy_threshold": "high"}, declared)
+        runner.check_parameters({"accuracy_threshold": "high"}, declared)
 
 
 def test_every_notebook_declares_its_parameters_in_a_tagged_cell():
-    for name in workbook.NOTEBOOKS:
-        nb = nbformat.read(workbook.notebooks_dir() / f"{name}.ipynb", as_version=4)
+    for name in runner.NOTEBOOKS:
+        nb = nbformat.read(runner.notebooks_dir() / f"{name}.ipynb", as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, name
         assert not any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
@@ -107,14 +108,14 @@ def test_runner_prints_one_line_per_notebook_and_nothing_on_stderr(run):
         "churnlab workbook: 5 notebook(s) against the fresh embedded registry"
     )
     assert re.fullmatch(r"\s+kernel\s+ready\s+\d+\.\d s", lines[1]), "one kernel, started once"
-    for name, line in zip(workbook.NOTEBOOKS, lines[2:7], strict=True):
+    for name, line in zip(runner.NOTEBOOKS, lines[2:7], strict=True):
         assert re.fullmatch(rf"\s+{name}\s+ok\s+\d+\.\d s", line), line
     assert re.fullmatch(r"report: .*workbook\.html \(\d+\.\d s in all\)", lines[7])
     assert len(lines) == 8
 
 
 def test_executed_notebooks_carry_their_outputs_and_no_errors(run):
-    for name in workbook.NOTEBOOKS:
+    for name in runner.NOTEBOOKS:
         nb = nbformat.read(run.executed / f"{name}.ipynb", as_version=4)
         assert "papermill" in nb.metadata, "papermill ran it"
         assert nb.metadata["papermill"]["parameters"] == {}, "the defaults: nothing injected"
@@ -126,7 +127,7 @@ def test_executed_notebooks_carry_their_outputs_and_no_errors(run):
 
 
 def test_the_story_on_a_fresh_registry(story):
-    versions = workbook.versions_table(story)
+    versions = tables.versions_table(story)
     assert list(versions.index) == [1, 2, 3, 4]
     # v1: the weak baseline fails the gate and stays registered, never staged
     assert versions.loc[1, "gate"] == "failed" and versions.loc[1, "holds"] == "-"
@@ -187,7 +188,7 @@ def test_report_is_one_self_contained_file(run):
     images = re.findall(r'<img [^>]*src="data:image/png;base64,', page)
     outputs = [
         o
-        for n in workbook.NOTEBOOKS
+        for n in runner.NOTEBOOKS
         for c in code_cells(run.executed / f"{n}.ipynb")
         for o in c.outputs
         if "image/png" in o.get("data", {})
@@ -197,7 +198,7 @@ def test_report_is_one_self_contained_file(run):
 
 def test_report_folds_every_code_cell_and_has_every_section(run):
     page = run.report.read_text()
-    cells = sum(len(code_cells(run.executed / f"{n}.ipynb")) for n in workbook.NOTEBOOKS)
+    cells = sum(len(code_cells(run.executed / f"{n}.ipynb")) for n in runner.NOTEBOOKS)
     assert page.count('<details class="wb-code">') == cells
     assert page.count('<section id="nb-') == 5
     assert page.index('id="summary"') < page.index('id="nb-01_train"')
@@ -206,7 +207,7 @@ def test_report_folds_every_code_cell_and_has_every_section(run):
 def test_report_summary_is_read_from_the_registry(run, story):
     page = run.report.read_text()
     summary = page[page.index('id="summary"') : page.index('id="nb-01_train"')]
-    for row in workbook.versions_table(story).reset_index().itertuples():
+    for row in tables.versions_table(story).reset_index().itertuples():
         assert f"<td>{row.version}</td><td>{row.estimator}</td>" in summary
     assert summary.count("<tr>") >= 1 + 5 + 2 + 4 + len(story.history())
     assert 'class="wb-bad">failed<' in summary and 'class="wb-ok">passed<' in summary
@@ -288,12 +289,12 @@ def test_a_notebook_never_sees_what_the_previous_one_left(tmp_path, shared):
         "print(left_over)",
     )
     with contextlib.ExitStack() as stack:
-        kernel = stack.enter_context(workbook.SharedKernel(tmp_path)) if shared else None
+        kernel = stack.enter_context(SharedKernel(tmp_path)) if shared else None
         for source in (first, second):
             if kernel is not None:
                 kernel.fresh()
             try:
-                workbook.run_notebook(source, source.with_suffix(".out.ipynb"), {}, kernel)
+                runner.run_notebook(source, source.with_suffix(".out.ipynb"), {}, kernel)
             except PapermillExecutionError as exc:
                 failure = (source.name, exc.ename, exc.exec_count)
     assert failure == ("b.ipynb", "NameError", 2), "left_over is gone in the second notebook"
@@ -308,10 +309,8 @@ def test_a_notebook_never_sees_what_the_previous_one_left(tmp_path, shared):
 
 
 def test_a_kernel_that_does_not_start_is_one_clear_failure(tmp_path):
-    with workbook.SharedKernel(tmp_path, timeout=0.01) as kernel:
-        with pytest.raises(
-            workbook.NotebookFailed, match=r"^the notebooks' kernel did not start: "
-        ):
+    with SharedKernel(tmp_path, timeout=0.01) as kernel:
+        with pytest.raises(NotebookFailed, match=r"^the notebooks' kernel did not start: "):
             kernel.ready()
     assert not kernel.manager.has_kernel, "the kernel process was stopped"
 
@@ -434,7 +433,7 @@ def sanitize(text: str) -> str:
     """``text`` as nbval sees it with notebooks/nbval.cfg (nbval's own parser and order)."""
     from nbval.plugin import get_sanitize_patterns
 
-    patterns = get_sanitize_patterns((workbook.notebooks_dir() / "nbval.cfg").read_text())
+    patterns = get_sanitize_patterns((runner.notebooks_dir() / "nbval.cfg").read_text())
     for regex, replace in patterns:
         text = re.sub(regex, replace, text)
     return text
