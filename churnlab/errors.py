@@ -25,3 +25,10 @@ class RegistryUnavailable(ChurnlabError):
     """The tracking server could not be reached or answered with an error (exit 3)."""
 
     exit_code = 3
+
+
+class PermissionDenied(ChurnlabError):
+    """The server refused who is asking: a wrong login (401) or a missing permission (403)
+    (exit 4). Nothing was written: the refused request is the first write of its step."""
+
+    exit_code = 4

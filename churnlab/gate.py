@@ -46,6 +46,7 @@ class Policy:
     champion_metric: str = "roc_auc"
     champion_tolerance: float = 0.01
     onnx_parity_max: float = 1e-9
+    production_approvals: int = 0
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> Policy:

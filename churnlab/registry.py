@@ -5,6 +5,12 @@ legacy stage (``Staging`` / ``Production``, archiving the previous holder) so th
 ``models:/churn-model@production`` and ``models:/churn-model/Production`` name the same
 version. Every move appends an event to a history kept as tags on the registered model, so
 a team sharing a tracking server shares the history too.
+
+On a server that authenticates (``mlflow server --app-name basic-auth``) the actor of every
+event is the user the server logged in, never a declared name; a refusal by the server
+(401/403) is one line naming who tried what (:class:`~churnlab.errors.PermissionDenied`).
+With ``production_approvals`` set, a promotion needs that many approvals of the exact
+version by people other than the promoter (four eyes).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from churnlab import store, tags
-from churnlab.errors import InputError, Refused, RegistryUnavailable
+from churnlab.errors import InputError, PermissionDenied, Refused, RegistryUnavailable
 
 STAGING, PRODUCTION = "staging", "production"
 ALIASES: dict[str, str] = {STAGING: "Staging", PRODUCTION: "Production"}
 MAX_REASON = 2000  # characters; an event is stored in one registered-model tag
+#: how an actor was established: the server's login, or a name the user declared
+SERVER, DECLARED = "server", "declared"
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,37 @@ class Event:
     action: str  # stage | promote | rollback | repair | unstage
     reason: str = ""
     override: bool = False
+    actor_source: str = DECLARED  # server: the login the server checked; declared: a name
+    approved_by: tuple[str, ...] = ()  # who approved the version a promotion moved to
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form; ``actor_source`` and ``approved_by`` only when they say something,
+        so a declared event keeps the shape every earlier churnlab reads."""
+        out = asdict(self)
+        if self.actor_source == DECLARED:
+            del out["actor_source"]
+        if self.approved_by:
+            out["approved_by"] = list(self.approved_by)
+        else:
+            del out["approved_by"]
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Event:
+        values = dict(values)
+        values["approved_by"] = tuple(values.get("approved_by") or ())
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One person's approval of one exact version for production (four eyes)."""
+
+    time: str
+    actor: str
+    version: int
+    reason: str
+    actor_source: str = DECLARED
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,9 +178,19 @@ class Evidence:
 
 
 class Registry:
-    """The stages of one registered model (``churn-model`` by default)."""
+    """The stages of one registered model (``churn-model`` by default).
 
-    def __init__(self, model_name: str = store.DEFAULT_MODEL_NAME, client=None) -> None:
+    ``production_approvals``: approvals a promotion needs (the policy's setting; a model
+    tag ``churnlab.policy.production_approvals`` set by a teacher can only raise it).
+    """
+
+    def __init__(
+        self,
+        model_name: str = store.DEFAULT_MODEL_NAME,
+        client=None,
+        *,
+        production_approvals: int = 0,
+    ) -> None:
         from mlflow.tracking import MlflowClient
 
         if client is None:
@@ -149,15 +198,44 @@ class Registry:
             store.check_reachable()  # a server that does not answer fails in seconds
         self.model_name = model_name
         self.client = client or MlflowClient()
+        self.production_approvals = int(production_approvals)
+        self._login: str | None = None  # the server's login; "" when it names none
+        self._doing = f"change {model_name}"
+
+    # ------------------------------------------------------------------ who is acting
+    def identity(self) -> tuple[str, str]:
+        """``(actor, source)``: the server's login (source ``server``) when the server
+        authenticates, else the declared :func:`actor` (source ``declared``)."""
+        if self._login is None:  # ask the server once per registry object
+            self._login = (store.authenticated_user() if store.is_remote() else None) or ""
+        return (self._login, SERVER) if self._login else (actor(), DECLARED)
+
+    @contextlib.contextmanager
+    def _attempt(self, what: str) -> Iterator[None]:
+        """Name what the calls inside are for, so that a refusal says it."""
+        before, self._doing = self._doing, what
+        try:
+            yield
+        finally:
+            self._doing = before
+
+    def _denied(self) -> PermissionDenied:
+        who = self._login or store.login_name() or actor()
+        return PermissionDenied(f"permission denied: {who} may not {self._doing}")
 
     # ------------------------------------------------------------------ reading
     def _call(self, fn, *args, **kwargs):
-        """Call the client, turning network failures into one clear error."""
+        """Call the client, turning network failures and refusals into one clear error."""
         from mlflow.exceptions import MlflowException
 
         try:
             return fn(*args, **kwargs)
         except MlflowException as exc:
+            status = store.http_status(exc)
+            if status == 401:
+                raise store.login_refused() from None
+            if status == 403:
+                raise self._denied() from None
             code = getattr(exc, "error_code", "")
             if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                 raise
@@ -168,6 +246,11 @@ class Registry:
                 ) from None
             raise
         except OSError as exc:
+            status = store.http_status(exc)  # requests' HTTPError (artifact uploads)
+            if status == 401:
+                raise store.login_refused() from None
+            if status == 403:
+                raise self._denied() from None
             raise RegistryUnavailable(
                 f"cannot reach the MLflow tracking server at {store.display_uri()} "
                 f"({type(exc).__name__})"
@@ -269,20 +352,76 @@ class Registry:
             mlflow.artifacts.download_artifacts, run_id=run_id, artifact_path=path, dst_path=dst
         )
 
-    def history(self) -> list[Event]:
-        """Every recorded move, oldest first."""
-        found = self.model().tags or {}
-        events = []
-        for key in sorted(k for k in found if k.startswith(tags.EVENT_PREFIX)):
+    def _tagged(self, prefix: str, found: dict[str, str] | None = None) -> list[tuple[str, dict]]:
+        """The JSON records under ``prefix`` on the registered model, by time (their key)."""
+        found = (self.model().tags or {}) if found is None else found
+        out = []
+        for key in sorted(k for k in found if k.startswith(prefix)):
             try:
-                events.append(Event(**json.loads(found[key])))
-            except (TypeError, ValueError):
+                value = json.loads(found[key])
+            except ValueError:
+                continue  # a tag we did not write
+            if isinstance(value, dict):
+                out.append((key[len(prefix) :], value))
+        return out
+
+    def history(self) -> list[Event]:
+        """Every recorded move, oldest first (old events read as declared)."""
+        events = []
+        for _, value in self._tagged(tags.EVENT_PREFIX):
+            try:
+                events.append(Event.from_dict(value))
+            except TypeError:
                 continue  # a tag we did not write
         return events
 
+    def approvals(self, version: int | None = None) -> list[Approval]:
+        """Every recorded approval (of ``version`` only, when given), oldest first."""
+        found = []
+        for _, value in self._tagged(tags.APPROVAL_PREFIX):
+            try:
+                approval = Approval(**value)
+            except TypeError:
+                continue
+            if version is None or approval.version == int(version):
+                found.append(approval)
+        return found
+
+    def timeline(self) -> list[dict[str, Any]]:
+        """Moves and approvals as plain dicts, in the order they were recorded."""
+        found = self.model().tags or {}
+        merged = [
+            (key, Event.from_dict(value).to_dict())
+            for key, value in self._tagged(tags.EVENT_PREFIX, found)
+            if _is_record(Event.from_dict, value)
+        ]
+        merged += [
+            (key, {"action": "approve", "alias": PRODUCTION, **Approval(**value).to_dict()})
+            for key, value in self._tagged(tags.APPROVAL_PREFIX, found)
+            if _is_record(lambda v: Approval(**v), value)
+        ]
+        return [record for _, record in sorted(merged, key=lambda kv: kv[0])]
+
+    def required_approvals(self) -> int:
+        """Approvals a promotion needs: the policy's, or the model's floor if higher."""
+        floor = (self.model().tags or {}).get(tags.REQUIRED_APPROVALS, "0")
+        try:
+            return max(self.production_approvals, int(floor))
+        except ValueError:
+            return self.production_approvals
+
+    def approvers(self, version: int, promoter: str | None) -> list[str]:
+        """Distinct people who approved ``version``, the promoter left out (four eyes)."""
+        names = {a.actor for a in self.approvals(version)}
+        names.discard(promoter)
+        return sorted(names)
+
     def status(self) -> dict[str, Any]:
-        """For staging and production: holder, mirrored stage, verdicts, and consistency."""
+        """For staging and production: holder, mirrored stage, verdicts, approvals, and
+        consistency: every alias must be where a recorded event put it, and production's
+        holder must carry the approvals the policy requires."""
         events = self.history()
+        needed = self.required_approvals()
         out: dict[str, Any] = {"model_name": self.model_name, "stages": {}, "consistent": True}
         problems = []
         for alias, stage in ALIASES.items():
@@ -296,7 +435,10 @@ class Registry:
                     gate=found.get(tags.GATE_VERDICT, "pending"),
                     smoke=found.get(tags.SMOKE_VERDICT, "none"),
                     run_id=mv.run_id,
+                    approvals=sorted({a.actor for a in self.approvals(holder)}),
                 )
+            if alias == PRODUCTION:
+                entry["approvals_required"] = needed
             expected = [holder] if holder is not None else []
             if mirrored != expected:
                 problems.append(
@@ -304,11 +446,19 @@ class Registry:
                     f"{', '.join(_v(v) for v in mirrored) or 'nothing'}"
                 )
             last = [e for e in events if e.alias == alias]
-            if (last[-1].to_version if last else None) != holder:
+            recorded = last[-1].to_version if last else None
+            if recorded != holder:
                 problems.append(
-                    f"history's last {alias} event names "
-                    f"{_v(last[-1].to_version) if last else 'nothing'} but the alias names {_v(holder)}"
+                    f"alias {alias} names {_v(holder)} but no recorded event put it there "
+                    f"(the history's last {alias} move names {_v(recorded)}): moved outside "
+                    "churnlab, or a move was interrupted"
                 )
+            if alias == PRODUCTION and holder is not None and needed:
+                moves = last if recorded == holder else []
+                missing = self._missing_approval(holder, moves, needed)
+                entry["approval_missing"] = missing
+                if missing:
+                    problems.append(missing)
             out["stages"][alias] = entry
         both = out["stages"][STAGING]["version"]
         if both is not None and both == out["stages"][PRODUCTION]["version"]:
@@ -316,6 +466,23 @@ class Registry:
         out["consistent"] = not problems
         out["problems"] = problems
         return out
+
+    def _missing_approval(self, holder: int, moves: list[Event], needed: int) -> str | None:
+        """What production's holder lacks under four eyes, or None. A recorded override or
+        rollback needs no approval; a move nobody recorded has no known promoter."""
+        move = moves[-1] if moves else None
+        if move is not None and (move.override or move.action == "rollback"):
+            return None
+        promoter = move.actor if move is not None and move.action == "promote" else None
+        have = self.approvers(holder, promoter)
+        if len(have) >= needed:
+            return None
+        by = f" by {promoter}" if promoter else ""
+        return (
+            f"production v{holder} was moved there{by} with {len(have)} of the {needed} "
+            f"approval(s) the policy requires: approve it (`churnlab approve {holder} "
+            "--reason TEXT`, by someone else) or roll back"
+        )
 
     def model_uri(self, version: int) -> str:
         """``models:/<name>/<version>``."""
@@ -363,32 +530,35 @@ class Registry:
         """Create a new version from a logged model (creating the registered model first)."""
         from mlflow.exceptions import MlflowException
 
-        try:
-            self._call(
-                self.client.create_registered_model,
+        who, _ = self.identity()
+        with self._attempt(f"register a version of {self.model_name}"):
+            try:
+                self._call(
+                    self.client.create_registered_model,
+                    self.model_name,
+                    description="Customer-churn classifier managed by churnlab.",
+                )
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                    raise
+            mv = self._call(
+                self.client.create_model_version,
                 self.model_name,
-                description="Customer-churn classifier managed by churnlab.",
+                source=source,
+                run_id=run_id,
+                tags={**tags.INITIAL_VERDICTS, tags.REGISTERED_BY: who, **extra_tags},
+                description=description,
+                await_creation_for=60,
+                model_id=model_id,
             )
-        except MlflowException as exc:
-            if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
-                raise
-        mv = self._call(
-            self.client.create_model_version,
-            self.model_name,
-            source=source,
-            run_id=run_id,
-            tags={**tags.INITIAL_VERDICTS, **extra_tags},
-            description=description,
-            await_creation_for=60,
-            model_id=model_id,
-        )
         return int(mv.version)
 
     def set_version_tags(self, version: str | int, values: dict[str, str]) -> None:
         """Set tags on a version, in the order given."""
         number = str(int(self.version(version).version))
-        for key, value in values.items():
-            self._call(self.client.set_model_version_tag, self.model_name, number, key, value)
+        with self._attempt(f"record evidence on {self.model_name} v{number}"):
+            for key, value in values.items():
+                self._call(self.client.set_model_version_tag, self.model_name, number, key, value)
 
     def record(self, kind: str, result) -> None:
         """Record a gate or smoke ``result`` on its version; the verdict tag is written last.
@@ -403,13 +573,15 @@ class Registry:
         mv = self.version(result.version)
         evidence = {verdict_tag: "pending"}
         evidence.update({prefix + c.name: c.status for c in result.checks})
-        evidence.update(
-            {prefix + k: str(v) for k, v in result.figures().items() if v is not None}
-        )
+        evidence.update({prefix + k: str(v) for k, v in result.figures().items() if v is not None})
         self.set_version_tags(mv.version, evidence)
-        self._call(
-            self.client.log_dict, mv.run_id, result.to_dict(), f"{kind}/v{int(mv.version)}.json"
-        )
+        with self._attempt(f"record evidence on the run of {self.model_name} v{mv.version}"):
+            self._call(
+                self.client.log_dict,
+                mv.run_id,
+                result.to_dict(),
+                f"{kind}/v{int(mv.version)}.json",
+            )
         self.set_version_tags(mv.version, {verdict_tag: result.verdict})
 
     # ------------------------------------------------------------------ moving
@@ -462,8 +634,8 @@ class Registry:
             if {alias: self.holder(alias) for alias in ALIASES} == wanted:
                 return
 
-    def _record(self, event: Event) -> None:
-        key = f"{tags.EVENT_PREFIX}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
+    def _record(self, event: Event | Approval, prefix: str = tags.EVENT_PREFIX) -> None:
+        key = f"{prefix}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
         self._call(
             self.client.set_registered_model_tag,
             self.model_name,
@@ -471,33 +643,48 @@ class Registry:
             json.dumps(event.to_dict(), sort_keys=True),
         )
 
-    def _event(self, alias, before, after, action, reason="", override=False) -> Event:
+    def _event(
+        self, alias, before, after, action, reason="", override=False, approved_by=()
+    ) -> Event:
+        who, source = self.identity()
         return Event(
-            time=datetime.now(UTC).isoformat(timespec="seconds"),
-            actor=actor(),
+            time=_now(),
+            actor=who,
             alias=alias,
             from_version=before,
             to_version=after,
             action=action,
             reason=reason,
             override=override,
+            actor_source=source,
+            approved_by=tuple(approved_by),
         )
 
-    def _move(self, alias: str, version: int, action: str, reason: str, override: bool) -> Move:
+    def _move(
+        self,
+        alias: str,
+        version: int,
+        action: str,
+        reason: str,
+        override: bool,
+        approved_by: tuple[str, ...] = (),
+    ) -> Move:
         stage = ALIASES[alias]
         if len(reason) > MAX_REASON:  # refused up front: the event must fit in its tag
             raise InputError(f"--reason is {len(reason)} characters; at most {MAX_REASON}")
-        with self._lock():
+        self.identity()  # a wrong login fails here, before anything is written
+        with self._lock(), self._attempt(f"move @{alias} of {self.model_name}"):
             before = self.holder(alias)
             if before == version:
                 event = self._event(alias, before, version, action, reason, override)
                 return Move(event, f"{self.model_name} v{version} already holds {stage}")
+            # the first write: a server that refuses it (403) leaves everything as it was
             self._call(self.client.set_registered_model_alias, self.model_name, alias, str(version))
             left_staging = alias == PRODUCTION and self.holder(STAGING) == version
             if left_staging:
                 self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
             self.mirror()
-            event = self._event(alias, before, version, action, reason, override)
+            event = self._event(alias, before, version, action, reason, override, approved_by)
             self._record(event)
             if left_staging:
                 self._record(self._event(STAGING, version, None, "unstage", f"moved to {stage}"))
@@ -505,6 +692,8 @@ class Registry:
         verb = {"stage": "Staged", "promote": "Promoted", "rollback": "Rolled back"}[action]
         archived = f" (archived v{before})" if before is not None else ""
         note = f" [override: {reason}]" if override else ""
+        if approved_by:
+            note += f" (approved by {', '.join(approved_by)})"
         message = f"{verb} {self.model_name} v{version} -> {stage}{archived}{note}"
         return Move(event, message, archived=before)
 
@@ -548,7 +737,44 @@ class Registry:
         overridden with a reason."""
         number = int(self.version(version).version)
         self._require(number, ("gate", "smoke"), "Production", override, reason)
-        return self._move(PRODUCTION, number, "promote", reason.strip(), override)
+        promoter, _ = self.identity()
+        needed = self.required_approvals()
+        approved = tuple(self.approvers(number, promoter))
+        if len(approved) < needed and not override:
+            others = f" ({', '.join(approved)})" if approved else ""
+            raise Refused(
+                f"refused: {self.model_name} v{number} -> Production: needs {needed} "
+                f"approval(s) of v{number} by someone other than {promoter}, has "
+                f"{len(approved)}{others}; a reviewer runs `churnlab approve {number} "
+                "--reason TEXT`, or use --override --reason TEXT"
+            )
+        return self._move(PRODUCTION, number, "promote", reason.strip(), override, approved)
+
+    def approve(self, version: str | int, *, reason: str) -> Approval:
+        """Record the current user's approval of ``version`` for production.
+
+        Refused to whoever registered the version (and it never counts for whoever
+        promotes it): four eyes. Needs write access to the model on an authenticated
+        server (a 403 is :class:`PermissionDenied`).
+        """
+        mv = self.version(version)
+        number = int(mv.version)
+        reason = reason.strip()
+        if not reason:
+            raise InputError("an approval needs a written reason: --reason TEXT")
+        if len(reason) > MAX_REASON:
+            raise InputError(f"--reason is {len(reason)} characters; at most {MAX_REASON}")
+        who, source = self.identity()
+        author = (mv.tags or {}).get(tags.REGISTERED_BY)
+        if author and author == who:
+            raise Refused(
+                f"refused: {who} may not approve {self.model_name} v{number}: {who} "
+                "registered it; an approval must come from someone else (four eyes)"
+            )
+        approval = Approval(_now(), who, number, reason, source)
+        with self._attempt(f"approve v{number} of {self.model_name}"):
+            self._record(approval, tags.APPROVAL_PREFIX)
+        return approval
 
     def previous_production(self) -> int | None:
         """The version production held before its current holder (rollbacks undo a step)."""
@@ -582,30 +808,79 @@ class Registry:
         self.version(previous)
         return self._move(PRODUCTION, previous, "rollback", reason.strip() or "rollback", False)
 
-    def repair(self) -> list[str]:
-        """Re-mirror stages from aliases and record any move the history missed."""
-        fixed = []
-        with self._lock():
+    def repair(self, *, restore: bool = False) -> list[str]:
+        """Re-mirror stages from aliases and record any move the history missed.
+
+        With ``restore``, an alias that no recorded event put where it is goes back to the
+        last recorded holder instead (undoing a move made outside churnlab), and that is
+        recorded. Approvals a production holder lacks are reported, not repaired.
+        """
+        self.identity()
+        with self._lock(), self._attempt(f"repair the stages of {self.model_name}"):
             before = self.status()
-            if not before["consistent"]:
-                both = self.holder(PRODUCTION)
-                if both is not None and self.holder(STAGING) == both:
-                    # a promotion moved production but stopped before leaving staging
-                    self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
-                    self._record(self._event(STAGING, both, None, "unstage", "moved to Production"))
-                self.mirror()
-                events = self.history()
-                for alias in ALIASES:
-                    holder = self.holder(alias)
-                    last = [e for e in events if e.alias == alias]
-                    recorded = last[-1].to_version if last else None
-                    if recorded != holder:
-                        self._record(
-                            self._event(alias, recorded, holder, "repair", "history caught up")
-                        )
-                fixed = before["problems"]
-        return fixed
+            unapproved = before["stages"][PRODUCTION].get("approval_missing")
+            problems = [p for p in before["problems"] if p != unapproved]
+            if not problems:
+                return []
+            if restore:
+                self._restore()
+                return problems
+            both = self.holder(PRODUCTION)
+            if both is not None and self.holder(STAGING) == both:
+                # a promotion moved production but stopped before leaving staging
+                self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
+                self._record(self._event(STAGING, both, None, "unstage", "moved to Production"))
+            self.mirror()
+            events = self.history()
+            for alias in ALIASES:
+                holder = self.holder(alias)
+                last = [e for e in events if e.alias == alias]
+                recorded = last[-1].to_version if last else None
+                if recorded != holder:
+                    reason = "recorded a move made outside churnlab (or an interrupted one)"
+                    self._record(self._event(alias, recorded, holder, "repair", reason))
+        return problems
+
+    def _restore(self) -> None:
+        """Put each alias back where the history last put it, and record that."""
+        events = self.history()
+        for alias in ALIASES:
+            holder = self.holder(alias)
+            last = [e for e in events if e.alias == alias]
+            recorded = last[-1].to_version if last else None
+            if recorded == holder:
+                continue
+            if recorded is None:
+                self._call(self.client.delete_registered_model_alias, self.model_name, alias)
+            else:
+                self._call(
+                    self.client.set_registered_model_alias, self.model_name, alias, str(recorded)
+                )
+            self.mirror()
+            self._record(
+                self._event(
+                    alias,
+                    holder,
+                    recorded,
+                    "repair",
+                    f"restored {_v(recorded)}: @{alias} had been set to {_v(holder)} "
+                    "outside churnlab",
+                )
+            )
+        self.mirror()
 
 
 def _v(version: int | None) -> str:
     return "nothing" if version is None else f"v{version}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _is_record(make, value: dict) -> bool:
+    try:
+        make(value)
+    except TypeError:
+        return False
+    return True

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from churnlab.errors import RegistryUnavailable
+from churnlab.errors import PermissionDenied, RegistryUnavailable
 
 DEFAULT_MODEL_NAME = "churn-model"
 EXPERIMENT_NAME = "churnlab"
@@ -183,10 +183,20 @@ def dataset_source(artifact_uri: str) -> str:
     return urlunsplit((scheme, netloc, path, "", ""))
 
 
-def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
+def experiment_name() -> str:
+    """The experiment runs are logged to: ``$CHURNLAB_EXPERIMENT`` or ``churnlab``.
+
+    On a class server each student logs to their own (``churnlab-<user>``), which they
+    MANAGE: the others may read its runs but not change them.
+    """
+    return os.environ.get("CHURNLAB_EXPERIMENT", "").strip() or EXPERIMENT_NAME
+
+
+def ensure_experiment(name: str | None = None) -> str:
     """Return the id of the churnlab experiment, creating it with the right artifact root."""
     from mlflow.tracking import MlflowClient
 
+    name = name or experiment_name()
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -198,3 +208,80 @@ def ensure_experiment(name: str = EXPERIMENT_NAME) -> str:
         if exp is None:
             raise
         return exp.experiment_id
+
+
+# ---------------------------------------------------------------------------- who is asking
+#: the auth app's "who am I" endpoint (``mlflow server --app-name basic-auth``)
+CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
+
+
+def login_name() -> str | None:
+    """The user name MLflow sends to the server (``MLFLOW_TRACKING_USERNAME``), or None."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip() or None
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status behind an MLflow or requests error (401, 403, ...), or None."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if isinstance(status, int):
+        return status
+    getter = getattr(exc, "get_http_status_code", None)
+    if callable(getter) and getattr(exc, "error_code", None):
+        try:
+            code = int(getter())
+        except (TypeError, ValueError):
+            return None
+        return code if code in (401, 403) else None
+    return None
+
+
+def login_refused() -> PermissionDenied:
+    """The one line for a 401: who tried to log in where (never the password)."""
+    who = login_name()
+    if who:
+        return PermissionDenied(
+            f"login refused by {display_uri()}: wrong user name or password for {who} "
+            "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+        )
+    return PermissionDenied(
+        f"login refused by {display_uri()}: the server asks for a login; set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )
+
+
+def authenticated_user(timeout: float = 5.0) -> str | None:
+    """The user the tracking server authenticated, or None when it does not say.
+
+    Asks the basic-auth app's ``GET /api/2.0/mlflow/users/current`` with MLflow's own
+    credentials (username/password or token). A server without the auth app (404), an
+    embedded store or DagsHub gives None: the actor is then only declared. A 401 is a
+    wrong login: :class:`PermissionDenied`.
+    """
+    uri = tracking_uri()
+    if urlsplit(uri).scheme not in ("http", "https") or not login_name():
+        return None
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(
+            get_default_host_creds(uri),
+            CURRENT_USER_ENDPOINT,
+            "GET",
+            max_retries=0,
+            timeout=timeout,
+        )
+    except Exception as exc:  # network trouble: let the next real request report it
+        if http_status(exc) == 401:
+            raise login_refused() from None
+        return None
+    if response.status_code == 401:
+        raise login_refused()
+    if response.status_code != 200:
+        return None
+    try:
+        name = response.json()["user"]["username"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(name) if name else None

@@ -26,6 +26,8 @@ ONNX_PARITY = "churnlab.gate.onnx_parity"
 ONNX_ARTIFACT = "churnlab.onnx"
 #: the estimator a version was trained with (also set on its run)
 ESTIMATOR = "churnlab.estimator"
+#: who registered the version (the server's login when it authenticates): may not approve it
+REGISTERED_BY = "churnlab.registered_by"
 #: the digest of each data snapshot, ``churnlab.data.<kind>`` (also set on its run)
 DATA_PREFIX = "churnlab.data."
 #: the snapshots every version records
@@ -40,6 +42,10 @@ GIT_COMMIT = "git_commit"
 # ---------------------------------------------------------------- on the registered model
 #: one tag per move of an alias, ``churnlab.event.<time ns>.<nonce>``: a JSON event
 EVENT_PREFIX = "churnlab.event."
+#: one tag per approval of a version for production, ``churnlab.approval.<time ns>.<nonce>``
+APPROVAL_PREFIX = "churnlab.approval."
+#: the approvals a production move needs on this model, at least (set by a class's teacher)
+REQUIRED_APPROVALS = "churnlab.policy.production_approvals"
 
 #: the value of each verdict tag on a freshly registered version
 INITIAL_VERDICTS: dict[str, str] = {GATE_VERDICT: "pending", SMOKE_VERDICT: "none"}

@@ -114,3 +114,64 @@ def test_the_local_flow_from_gate_to_rollback(registry, capsys):
         ("promote", "production", 2),
         ("rollback", "production", 1),
     ]
+
+
+def test_approve_status_and_repair_restore_on_the_command_line(registry, capsys, monkeypatch):
+    from churnlab.tags import GATE_VERDICT
+
+    client = MlflowClient()
+    for key in (GATE_VERDICT, SMOKE_TAG):
+        client.set_model_version_tag("churn-model", "1", key, "passed")
+    assert cli.main(["promote", "1", "--set", "production_approvals=1"]) == 1
+    assert "needs 1 approval(s) of v1 by someone other than pytest" in capsys.readouterr().err
+    monkeypatch.setenv("CHURNLAB_ACTOR", "reviewer")
+    assert cli.main(["approve", "1", "--reason", "checked"]) == 0
+    assert capsys.readouterr().out == "Approved churn-model v1 for Production by reviewer\n"
+    monkeypatch.setenv("CHURNLAB_ACTOR", "pytest")
+    assert cli.main(["promote", "1", "--set", "production_approvals=1"]) == 0
+    assert capsys.readouterr().out.endswith("(approved by reviewer)\n")
+    assert cli.main(["status", "--set", "production_approvals=1"]) == 0
+    assert "approved by reviewer" in capsys.readouterr().out
+    assert cli.main(["history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "approve" in lines[0] and "reviewer" in lines[0] and "checked" in lines[0]
+    assert "approved by reviewer" in lines[1]
+
+    client.set_registered_model_alias("churn-model", "production", "2")  # out of band
+    assert cli.main(["status"]) == 1
+    assert "no recorded event put it there" in capsys.readouterr().out
+    assert cli.main(["repair", "--restore"]) == 0
+    assert capsys.readouterr().out.startswith("restored: ")
+    assert int(client.get_model_version_by_alias("churn-model", "production").version) == 1
+
+
+def test_a_refusal_by_the_server_exits_4_with_one_line(registry, capsys, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
+
+    from churnlab.registry import Registry
+
+    def refused(*args, **kwargs):  # a 403 that reaches main() outside the registry's calls
+        raise MlflowException(
+            "API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200",
+            PERMISSION_DENIED,
+        )
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setattr(Registry, "status", refused)
+    assert cli.main(["--model", "churn-model", "status"]) == 4
+    err = capsys.readouterr().err
+    assert err == (
+        "churnlab: permission denied: alice may not status with churn-model "
+        "(/api/2.0/mlflow/runs/create)\n"
+    )
+
+    def unauthenticated(*args, **kwargs):
+        raise MlflowException("failed with error code 401 != 200", UNAUTHENTICATED)
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-password-9")
+    monkeypatch.setattr(Registry, "status", unauthenticated)
+    assert cli.main(["status"]) == 4
+    err = capsys.readouterr().err
+    assert "login refused by" in err and "wrong user name or password for alice" in err
+    assert "s3cret-password-9" not in err

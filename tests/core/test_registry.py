@@ -403,3 +403,131 @@ def test_two_promotions_at_the_same_time_leave_one_holder(registry, trained_home
     ]
     assert plain_client().get_model_version(NAME, str(loser)).current_stage == "Archived"
     assert registry.status()["consistent"]
+
+
+# ---------------------------------------------------------------- four eyes, refusals, out-of-band moves
+def _registered_by(version: int, who: str) -> None:
+    from churnlab.tags import REGISTERED_BY
+
+    plain_client().set_model_version_tag(NAME, str(version), REGISTERED_BY, who)
+
+
+def test_four_eyes_needs_an_approval_of_that_version_by_someone_else(trained_home, monkeypatch):
+    registry = Registry(production_approvals=1)
+    for v in (1, 2):
+        evidence(v, smoke="passed")
+        _registered_by(v, "alice")
+    monkeypatch.setenv("CHURNLAB_ACTOR", "alice")
+    with pytest.raises(Refused, match="alice may not approve churn-model v1: alice registered it"):
+        registry.approve(1, reason="mine is fine")
+    with pytest.raises(Refused, match=r"needs 1 approval\(s\) of v1 by someone other than alice"):
+        registry.promote(1)
+    assert registry.holder(PRODUCTION) is None and registry.history() == []
+
+    monkeypatch.setenv("CHURNLAB_ACTOR", "bob")
+    with pytest.raises(InputError, match="needs a written reason"):
+        registry.approve(1, reason=" ")
+    approval = registry.approve(1, reason="metrics checked")
+    assert (approval.actor, approval.version, approval.actor_source) == ("bob", 1, "declared")
+    assert registry.approvers(1, promoter="bob") == []  # never counts for its own promoter
+
+    monkeypatch.setenv("CHURNLAB_ACTOR", "alice")
+    with pytest.raises(Refused, match="has 0"):  # an approval of v1 is not one of v2
+        registry.promote(2)
+    move = registry.promote(1)
+    assert move.message == "Promoted churn-model v1 -> Production (approved by bob)"
+    assert move.event.approved_by == ("bob",)
+    override = registry.promote(2, override=True, reason="urgent fix")  # still possible, marked
+    assert override.event.override and override.event.reason == "urgent fix"
+    status = registry.status()
+    assert status["consistent"], status["problems"]  # a recorded override needs no approval
+    assert status["stages"][PRODUCTION]["approvals_required"] == 1
+    timeline = registry.timeline()
+    assert [e["action"] for e in timeline] == ["approve", "promote", "promote"]
+    assert timeline[0] == {
+        "action": "approve",
+        "alias": PRODUCTION,
+        "actor": "bob",
+        "actor_source": "declared",
+        "reason": "metrics checked",
+        "time": approval.time,
+        "version": 1,
+    }
+
+
+def test_status_flags_a_production_holder_without_its_approval(registry):
+    evidence(1, smoke="passed")
+    registry.promote(1)  # no approvals required then
+    strict = Registry(production_approvals=1)
+    status = strict.status()
+    assert status["consistent"] is False
+    (problem,) = status["problems"]
+    assert problem.startswith("production v1 was moved there by pytest with 0 of the 1 approval(s)")
+    assert strict.repair() == []  # an approval is given, not repaired
+
+
+def test_a_move_the_server_refuses_writes_nothing(registry):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED
+
+    from churnlab.errors import PermissionDenied
+
+    class Refusing:
+        """The real client, except that moving an alias is refused as a 403 would be."""
+
+        def __init__(self, client):
+            self._client = client
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+        def set_registered_model_alias(self, *args, **kwargs):
+            raise MlflowException("failed with error code 403 != 200", PERMISSION_DENIED)
+
+    evidence(1, smoke="passed")
+    before = assert_alias_and_stage_agree()
+    refusing = Registry(client=Refusing(plain_client()))
+    with pytest.raises(PermissionDenied) as caught:
+        refusing.promote(1, override=True, reason="x")
+    assert str(caught.value) == "permission denied: pytest may not move @production of churn-model"
+    assert caught.value.exit_code == 4
+    assert registry.history() == [] and assert_alias_and_stage_agree() == before
+
+
+def test_an_out_of_band_move_is_reported_and_can_be_restored(registry):
+    evidence(1, smoke="passed")
+    registry.promote(1)
+    plain_client().set_registered_model_alias(NAME, PRODUCTION, "2")  # a raw client, no rules
+    problems = registry.status()["problems"]
+    assert (
+        "alias production names v2 but no recorded event put it there (the history's last "
+        "production move names v1): moved outside churnlab, or a move was interrupted"
+    ) in problems
+    assert registry.repair(restore=True) == problems
+    assert assert_alias_and_stage_agree() == {STAGING: None, PRODUCTION: 1}
+    last = registry.history()[-1]
+    assert (last.action, last.from_version, last.to_version) == ("repair", 2, 1)
+    assert last.reason == "restored v1: @production had been set to v2 outside churnlab"
+    assert registry.status()["consistent"]
+
+
+def test_events_written_before_actor_source_still_read_as_declared(registry):
+    from churnlab.registry import Event
+
+    old = {
+        "time": "2025-01-01T00:00:00+00:00",
+        "actor": "teacher",
+        "alias": PRODUCTION,
+        "from_version": None,
+        "to_version": 1,
+        "action": "promote",
+        "reason": "",
+        "override": False,
+    }
+    plain_client().set_registered_model_tag(
+        NAME, "churnlab.event.00000000000000000001.a", json.dumps(old)
+    )
+    (event,) = registry.history()
+    assert (event.actor, event.actor_source, event.approved_by) == ("teacher", "declared", ())
+    assert event.to_dict() == old  # a declared event keeps the shape older readers know
+    assert Event.from_dict({**old, "actor_source": "server"}).to_dict()["actor_source"] == "server"
