@@ -1,13 +1,19 @@
 """The serving backend: a FastAPI app that serves the version a registry stage holds.
 
-At start-up it resolves the stage's alias (``@staging`` or ``@production``) ONCE, loads
-that version from the registry and serves it until restarted: a later promotion never
-changes a running server. Run it with ``churnlab serve --stage production --port 8001``
-(:func:`serve`) or ``uvicorn serving.app:app`` (configured by the variables in
-:data:`ENV_VARIABLES`).
+At start-up it resolves the stage's alias (``@staging`` or ``@production``), loads that
+version from the registry and serves it. By default it serves that version until
+restarted: a later promotion never changes a running server. A *following* backend
+(``--follow``, ``MODEL_FOLLOW=true``) watches its alias (:mod:`churnlab.follow`): it polls
+it and, with ``CHURNLAB_WEBHOOK_SECRET`` set, acts on MLflow's signed alias webhooks at
+``POST /webhooks/mlflow``; each version the alias names is loaded and proven ready in the
+background, then swapped in by replacing ``app.state.served`` (every handler reads it once
+per request, so requests in flight finish on the version they started with). Run it with
+``churnlab serve --stage production --port 8001 [--follow]`` (:func:`serve`) or
+``uvicorn serving.app:app`` (configured by the variables in :data:`ENV_VARIABLES`).
 
-Endpoints: ``GET /health``, ``POST /predict``, ``GET /metadata``, ``GET /`` (a page for
-people) and the OpenAPI docs at ``/docs``. No endpoint changes the registry.
+Endpoints: ``GET /health``, ``POST /predict``, ``GET /metadata``, ``POST /webhooks/mlflow``,
+``GET /`` (a page for people) and the OpenAPI docs at ``/docs``. No endpoint changes the
+registry.
 
 ``POST /predict`` takes customers as records or as columns (see :mod:`serving.contract`)
 and says how long the server spent on the request in ``Server-Timing: app;dur=<ms>``
@@ -20,6 +26,7 @@ request).
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -36,8 +43,17 @@ from pydantic.json_schema import SkipJsonSchema
 from churnlab import schema, store
 from churnlab.backend import DEFAULT_PORTS, port_free
 from churnlab.errors import ChurnlabError, InputError, Refused, RegistryUnavailable
+from churnlab.follow import (
+    DEFAULT_POLL_S,
+    Follower,
+    WebhookRefused,
+    prove_ready,
+    validate_poll_interval,
+    verify_delivery,
+    warm_up,
+)
 from churnlab.registry import ALIASES, Registry
-from serving import contract
+from serving import contract, invocations
 
 #: The variables the app itself reads.
 APP_VARIABLES: tuple[str, ...] = (
@@ -47,6 +63,9 @@ APP_VARIABLES: tuple[str, ...] = (
     "CHURNLAB_HOME",  # where the embedded store lives when MLFLOW_TRACKING_URI is unset
     "SERVING_MAX_RECORDS",  # records per request (default 10000)
     "SERVING_MAX_BODY_BYTES",  # bytes per request body (default 8 MiB)
+    "MODEL_FOLLOW",  # true: follow the alias (swap in each version it names); default false
+    "MODEL_POLL_INTERVAL",  # seconds between two reads of the alias when following (default 5)
+    "CHURNLAB_WEBHOOK_SECRET",  # the MLflow webhook's secret; unset: webhooks are refused
 )
 #: MLflow's own variables for reaching an authenticated tracking server.
 MLFLOW_AUTH_VARIABLES: tuple[str, ...] = (
@@ -67,6 +86,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 #: Larger bodies, and every body a scikit-learn pipeline scores, go to a worker thread so
 #: that they never block the loop.
 INLINE_BODY_BYTES = 16 * 1024
+#: The largest webhook delivery read (MLflow's alias payloads are ~200 bytes).
+MAX_WEBHOOK_BYTES = 64 * 1024
+#: Where following backends log their switches and refused webhooks.
+log = logging.getLogger("churnlab.follow")
 #: The page may load only what this server serves (no CDN, no inline script).
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -76,12 +99,16 @@ PAGE_POLICY = (
 
 @dataclass(frozen=True)
 class Settings:
-    """What to serve and the request limits; read from the environment by default."""
+    """What to serve, the request limits and whether to follow the alias; read from the
+    environment by default. The webhook secret never appears in a repr or a message."""
 
     model_name: str = "churn-model"
     stage: str = "staging"
     max_records: int = contract.DEFAULT_MAX_RECORDS
     max_body_bytes: int = contract.DEFAULT_MAX_BODY_BYTES
+    follow: bool = False
+    poll_interval_s: float = DEFAULT_POLL_S
+    webhook_secret: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         stage = str(self.stage).strip().lower()
@@ -96,19 +123,39 @@ class Settings:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive whole number, got {value!r}")
+        interval = validate_poll_interval(self.poll_interval_s, "--poll-interval")
+        object.__setattr__(self, "poll_interval_s", interval)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``MODEL_NAME``, ``MODEL_STAGE`` and ``SERVING_MAX_*``."""
+        """Settings from ``MODEL_NAME``, ``MODEL_STAGE``, ``SERVING_MAX_*``,
+        ``MODEL_FOLLOW``, ``MODEL_POLL_INTERVAL`` and ``CHURNLAB_WEBHOOK_SECRET``."""
         env = os.environ if environ is None else environ
+        interval = env.get("MODEL_POLL_INTERVAL", "").strip()
         values: dict[str, Any] = {
             "model_name": env.get("MODEL_NAME", "").strip() or cls.model_name,
             "stage": env.get("MODEL_STAGE", "").strip() or cls.stage,
             "max_records": _whole(env, "SERVING_MAX_RECORDS", cls.max_records),
             "max_body_bytes": _whole(env, "SERVING_MAX_BODY_BYTES", cls.max_body_bytes),
+            "follow": _flag(env, "MODEL_FOLLOW"),
+            "poll_interval_s": (
+                validate_poll_interval(interval, "MODEL_POLL_INTERVAL")
+                if interval
+                else cls.poll_interval_s
+            ),
+            "webhook_secret": env.get("CHURNLAB_WEBHOOK_SECRET", "").strip() or None,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise InputError(f"{name} must be true or false, got {env.get(name)!r}")
 
 
 def _whole(env: Mapping[str, str], name: str, default: int) -> int:
@@ -123,7 +170,8 @@ def _whole(env: Mapping[str, str], name: str, default: int) -> int:
 
 @dataclass
 class Served:
-    """The one version this server serves, loaded at start-up."""
+    """The version this server serves: loaded at start-up, replaced whole when a following
+    backend swaps in the version its alias names."""
 
     settings: Settings
     scorer: Any
@@ -152,7 +200,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load(settings: Settings) -> Served:
-    """Resolve the stage's alias once and load that version from the registry.
+    """Resolve the stage's alias and load that version from the registry.
 
     Raises :class:`Refused` when the stage holds no version, :class:`InputError` when
     the model is unknown and :class:`RegistryUnavailable` when the registry cannot be
@@ -170,8 +218,7 @@ def load(settings: Settings) -> Served:
         if version is None:
             how = "churnlab stage VERSION" if stage == "staging" else "churnlab promote VERSION"
             raise Refused(f"{name} has no version in {stage}: nothing to serve (run `{how}`)")
-        scorer = Scorer.from_registry(registry, version)
-        evidence = registry.evidence(version)
+        return served_version(settings, registry, Scorer.from_registry(registry, version))
     except ChurnlabError:
         raise
     except Exception as exc:  # an MLflow failure: say which model, briefly
@@ -180,6 +227,11 @@ def load(settings: Settings) -> Served:
             f"{type(exc).__name__}: {store.redact(_first_line(exc))}"
         ) from None
 
+
+def served_version(settings: Settings, registry: Registry, scorer: Any) -> Served:
+    """What serving ``scorer``'s version takes: the scorer and the version's evidence."""
+    name, stage, version = settings.model_name, settings.stage, int(scorer.version)
+    evidence = registry.evidence(version)
     metadata = {
         "model_name": name,
         "model_version": version,
@@ -216,6 +268,38 @@ class Health(BaseModel):
     model_version: int = Field(ge=1)
     run_id: str
     scorer: str = Field(description="what scores: onnx (the proven graph) or sklearn")
+    # a following backend adds these (a backend that does not follow never sends them)
+    following: bool | None = Field(None, description="present (true) on following backends")
+    alias_version: int | None = Field(
+        None, description="the version the alias names now (null: the alias was deleted)"
+    )
+    pending: int | None = Field(None, description="a version being loaded and proven ready")
+    reason: str | None = Field(
+        None, description="why the served version is not the alias's (null: it is)"
+    )
+    poll_interval_s: float | None = None
+    webhooks: bool | None = Field(None, description="signed MLflow webhooks are acted on")
+    last_check: str | None = Field(None, description="when the alias was last read (UTC)")
+
+
+class SwitchInfo(BaseModel):
+    """One swap of a following backend: when, from which version to which, and why."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    time: str
+    from_: int = Field(alias="from")
+    to: int
+    trigger: Literal["poll", "webhook"]
+    ready_s: float = Field(description="seconds to load and prove the new version ready")
+
+
+class WebhookAnswer(BaseModel):
+    """What ``POST /webhooks/mlflow`` answers to a verified delivery."""
+
+    status: Literal["accepted", "ignored"]
+    detail: str
+    delivery_id: str
 
 
 class ScorerInfo(BaseModel):
@@ -276,6 +360,9 @@ class Metadata(BaseModel):
     data: dict[str, str]
     limits: Limits
     example: dict[str, Any]
+    switches: list[SwitchInfo] | None = Field(
+        None, description="following backends: every swap since start-up, oldest first"
+    )
 
 
 class Prediction(BaseModel):
@@ -372,7 +459,10 @@ class ServingApp(FastAPI):
                 self.state.served.settings.max_records, self.state.served.settings.max_body_bytes
             )
             _document(self, self.state.contract)
-            # everything loaded so far (MLflow, onnxruntime) lives as long as the process:
+            if self.state.served.settings.follow:
+                self.state.follower = start_following(self)
+            # everything loaded so far (MLflow, onnxruntime; scikit-learn when following)
+            # lives as long as the process:
             # take it out of the cyclic collector's sight, or now and then a full collection
             # walks all of it and stalls a request. (No gc.collect() first: it would slow
             # start-up and free next to nothing.)
@@ -383,8 +473,52 @@ class ServingApp(FastAPI):
             )
             return
         await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown: nothing to release
+        await receive()  # lifespan.shutdown: stop watching the alias
+        if self.state.follower is not None:
+            self.state.follower.stop()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def start_following(app: FastAPI) -> Follower[Served]:
+    """Watch the served stage's alias; swap in each version it names once proven ready.
+
+    The swap is one assignment, ``app.state.served = new``: every handler reads
+    ``app.state.served`` once per request, so a request in flight finishes on the version
+    it started with and every answer names the version that produced it.
+    """
+    served: Served = app.state.served
+    settings = served.settings
+    registry = Registry(settings.model_name)
+    warm_up()  # before /health answers: the first switch must not pay for the imports
+    if not log.handlers:  # switches and refused webhooks go to the server's output
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("serving: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+    def prepare(version: int) -> Served:
+        return served_version(settings, registry, prove_ready(registry, version))
+
+    def swap(new: Served) -> None:
+        app.state.served = new
+
+    follower = Follower(
+        registry,
+        settings.stage,
+        served.version,
+        prepare=prepare,
+        swap=swap,
+        poll_interval_s=settings.poll_interval_s,
+        webhooks=bool(settings.webhook_secret),
+    ).start()
+    log.info(
+        "following @%s of %s: polling every %g s%s",
+        settings.stage,
+        settings.model_name,
+        settings.poll_interval_s,
+        ", acting on signed MLflow webhooks" if settings.webhook_secret else "",
+    )
+    return follower
 
 
 def _document(app: FastAPI, checker: contract.Contract) -> None:
@@ -427,11 +561,15 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     app.state.settings = settings
     app.state.served = served
     app.state.contract = None
+    app.state.follower = None
 
-    @app.get("/health", tags=["serving"], response_model=Health)
+    @app.get("/health", tags=["serving"], response_model=Health, response_model_exclude_unset=True)
     def health(request: Request) -> dict[str, Any]:
-        """The stage, model and version this server serves (fixed until restarted)."""
-        return request.app.state.served.health()
+        """The stage, model and version this server serves; a following backend adds the
+        version its alias names and why the two differ."""
+        answer = request.app.state.served.health()
+        follower = request.app.state.follower
+        return answer if follower is None else {**answer, **follower.status()}
 
     @app.get(
         "/metadata",
@@ -440,8 +578,68 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
         response_model_exclude_unset=True,
     )
     def metadata(request: Request) -> dict[str, Any]:
-        """Feature schema, the version's metrics, gate and smoke results, data digests."""
-        return request.app.state.served.metadata
+        """Feature schema, the version's metrics, gate and smoke results, data digests;
+        a following backend adds its switches."""
+        metadata = request.app.state.served.metadata
+        follower = request.app.state.follower
+        return metadata if follower is None else {**metadata, "switches": follower.switches()}
+
+    @app.post(
+        "/webhooks/mlflow",
+        tags=["following"],
+        status_code=202,
+        response_model=WebhookAnswer,
+        responses={
+            200: {
+                "description": "verified, about another model, alias or event",
+                "model": WebhookAnswer,
+            },
+            400: _refusal("a malformed delivery"),
+            401: _refusal("unsigned, wrongly signed or stale"),
+            403: _refusal("webhooks are off (no CHURNLAB_WEBHOOK_SECRET)"),
+            404: _refusal("this backend does not follow its alias"),
+            413: _refusal("delivery too large"),
+        },
+    )
+    async def mlflow_webhook(request: Request) -> Response:
+        """An MLflow ``model_version_alias.created`` / ``.deleted`` delivery, signed with
+        the shared secret: the backend reads its alias at once instead of at the next poll.
+
+        Nothing in the delivery is trusted beyond "look now": the version served is
+        always the one the registry's alias names, proven ready first.
+        """
+        follower: Follower | None = request.app.state.follower
+        settings: Settings = request.app.state.served.settings
+        client = request.client.host if request.client else "?"
+        if follower is None:
+            return _error(404, "this backend does not follow its alias (start it with --follow)")
+        if not settings.webhook_secret:
+            log.warning("webhook from %s refused: CHURNLAB_WEBHOOK_SECRET is not set", client)
+            return _error(403, "webhooks are off: CHURNLAB_WEBHOOK_SECRET is not set")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_WEBHOOK_BYTES:
+                return _error(413, f"a delivery is at most {MAX_WEBHOOK_BYTES} bytes")
+        try:
+            delivery = verify_delivery(settings.webhook_secret, request.headers, bytes(body))
+        except WebhookRefused as exc:
+            log.warning("webhook from %s refused (%s): %s", client, exc.status, exc)
+            return _error(exc.status, str(exc))
+        ignored = delivery.ignored_because(settings.model_name, settings.stage)
+        if ignored:
+            answer = {"status": "ignored", "detail": ignored, "delivery_id": delivery.delivery_id}
+            return JSONResponse(answer, status_code=200)
+        follower.wake("webhook")
+        log.info(
+            "webhook %s (%s): reading @%s now", delivery.event, delivery.delivery_id, settings.stage
+        )
+        answer = {
+            "status": "accepted",
+            "detail": f"{delivery.event}: reading @{settings.stage} now",
+            "delivery_id": delivery.delivery_id,
+        }
+        return JSONResponse(answer, status_code=202)
 
     @app.post(
         "/predict",
@@ -504,6 +702,7 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
             headers={"Content-Security-Policy": PAGE_POLICY, "X-Content-Type-Options": "nosniff"},
         )
 
+    invocations.include(app)  # MLflow's scoring protocol: /invocations, /ping, /version
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -542,6 +741,8 @@ def serve(
     port: int | None = None,
     max_records: int | None = None,
     max_body_bytes: int | None = None,
+    follow_alias: bool | None = None,
+    poll_interval_s: float | None = None,
     log_level: str = "warning",
     access_log: bool = False,
 ) -> None:
@@ -556,6 +757,8 @@ def serve(
         stage=stage,
         max_records=max_records,
         max_body_bytes=max_body_bytes,
+        follow=follow_alias or None,  # --follow absent: MODEL_FOLLOW decides
+        poll_interval_s=poll_interval_s,
     )
     port = port if port is not None else DEFAULT_PORTS[settings.stage]
     if not 0 < port < 65536:
@@ -565,8 +768,9 @@ def serve(
     served = load(settings)
     import uvicorn
 
+    following = f"; following @{settings.stage}" if settings.follow else ""
     print(
-        f"Serving {settings.model_name} v{served.version} ({settings.stage}) "
+        f"Serving {settings.model_name} v{served.version} ({settings.stage}{following}) "
         f"on http://{host}:{port}  (page /, API docs /docs)",
         flush=True,
     )
