@@ -16,7 +16,7 @@ PY := $(ENV_DIR)/bin/python
 BIN := $(ENV_DIR)/bin
 STAMP := $(ENV_DIR)/.churnlab-installed
 
-.PHONY: setup workbook test test-fast lint format lab mlflow-ui bench clean
+.PHONY: setup workbook test test-fast lint format lab mlflow-ui bench clean class-server
 
 setup: $(STAMP)
 
@@ -34,10 +34,20 @@ $(STAMP): pyproject.toml
 workbook: $(STAMP)
 	$(BIN)/churnlab workbook $(ARGS)
 
+# `make test`: the suite on TEST_WORKERS pytest-xdist workers (--dist loadgroup: the tests
+# sharing a server or the workbook run stay on one worker) while strict nbval re-runs the
+# committed notebooks beside it; nbval's output follows the suite's, and both must pass
+TEST_WORKERS ?= 2
+NBVAL := $(PY) -m pytest --nbval notebooks/ --nbval-current-env --nbval-sanitize-with notebooks/nbval.cfg
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
-	$(PY) -m pytest --nbval notebooks/ --nbval-current-env --nbval-sanitize-with notebooks/nbval.cfg
+	$(BIN)/lint-imports
+	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	$(NBVAL) >"$$log" 2>&1 & notebooks=$$!; \
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); suite=$$?; \
+	wait $$notebooks; nbval=$$?; cat "$$log"; \
+	[ $$suite -eq 0 ] && [ $$nbval -eq 0 ]
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
@@ -45,6 +55,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -55,12 +66,19 @@ lab: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(BIN)/churnlab ui
 
+# A class's registry: mlflow basic-auth on PostgreSQL with served artifacts, in ./class-server
+# (docs/class-server.md). Then: churnlab class-add-students students.csv
+class-server: $(STAMP)
+	$(BIN)/churnlab class-server $(ARGS)
+
 # Speed against `mlflow models serve`, and the workbook's wall time (needs Debian's wrk);
 # prints the tables and writes reports/bench/*.json. Not part of `make test`.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 2; }
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
+	$(PY) -m benchmarks.follow
 	$(PY) -m benchmarks.pipeline
+	$(PY) -m benchmarks.batch
 
 clean:
 	rm -rf .churnlab reports/*.html reports/executed reports/bench

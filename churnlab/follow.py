@@ -36,7 +36,7 @@ from typing import Any, Generic, Literal, TypeVar
 from churnlab import data, schema, store
 from churnlab.errors import ChurnlabError, InputError, RegistryUnavailable
 from churnlab.registry import Registry
-from churnlab.scoring import Scorer
+from churnlab.scoring import TOLERANCE, Scorer
 
 log = logging.getLogger("churnlab.follow")
 
@@ -48,9 +48,6 @@ MIN_POLL_S, MAX_POLL_S = 0.1, 3600.0
 MAX_AGE_S = 300
 #: evaluation rows a version must score as its pipeline does before it serves
 SAMPLE_ROWS = 200
-#: the largest difference allowed between the served scorer and the pipeline (the smoke
-#: check's and the gate's ONNX parity bound)
-TOLERANCE = 1e-9
 #: the MLflow webhook events a following backend acts on
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
 #: switches kept for ``/metadata`` (the oldest are dropped)

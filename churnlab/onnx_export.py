@@ -1,9 +1,9 @@
 """The trained pipeline as an ONNX graph that computes what scikit-learn computes, in float64.
 
-Serving a pipeline through scikit-learn costs about 2 ms a call whatever the batch size: the
-time goes to pandas and validation, not arithmetic. The same pipeline exported to ONNX and
-run by onnxruntime scores a row in tens of microseconds. The export is only worth serving
-if it is the same function, so every value stays in float64 from the inputs to the
+Serving a pipeline through scikit-learn costs milliseconds a call whatever the batch size:
+the time goes to pandas and validation, not arithmetic. The same pipeline exported to ONNX
+and run by onnxruntime is far cheaper (figures in benchmarks/README.md). The export is only
+worth serving if it is the same function, so every value stays in float64 from the inputs to the
 probabilities:
 
 * preprocessing (one-hot + scaling): skl2onnx's converters, fed double inputs;
@@ -372,7 +372,7 @@ def _classifier(clf) -> _Tail:
 # ---------------------------------------------------------------------------- running
 #: A batch of at least this many rows is scored as two halves at once, one on a worker
 #: thread: onnxruntime releases the GIL while it converts the strings and computes, so on
-#: two cores the halves overlap (10,000 rows: 19 ms -> 13 ms here). Every row is scored on
+#: two cores the halves overlap (measured in benchmarks/README.md). Every row is scored on
 #: its own, so the result is the same.
 SPLIT_ROWS = 2048
 

@@ -29,6 +29,10 @@ from churnlab import onnx_export, schema, tags
 from churnlab.errors import ChurnlabError, InputError
 from churnlab.metrics import THRESHOLD
 
+#: the largest difference allowed between a served answer and the version's scikit-learn
+#: pipeline in-process (the smoke check, verification and a following backend's readiness)
+TOLERANCE = 1e-9
+
 Kind = Literal["onnx", "sklearn"]
 KINDS = ("auto", "onnx", "sklearn")
 #: The gate records its ONNX parity check under this version tag (pass / fail / skip).

@@ -23,13 +23,12 @@ from churnlab.checks import Check, Result
 from churnlab.errors import InputError, Refused
 from churnlab.registry import Registry, parse_stage
 from churnlab.schema import EXAMPLE_RECORD
+from churnlab.scoring import TOLERANCE
 
 #: single-row p95 over HTTP the backend must stay under (ms)
 LATENCY_P95_MS = 500.0
 #: peak resident memory the backend must stay under (MB)
 PEAK_RSS_MB = 1500.0
-#: predictions over HTTP must equal the in-process model's to this tolerance
-TOLERANCE = 1e-9
 #: records per ``/predict`` call when scoring the evaluation snapshot
 BATCH = 1000
 

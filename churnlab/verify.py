@@ -18,7 +18,7 @@ from churnlab.backend import Backend, BackendFailed
 from churnlab.checks import Check, Result
 from churnlab.errors import InputError, Refused
 from churnlab.registry import Registry, parse_stage
-from churnlab.smoke import TOLERANCE
+from churnlab.scoring import TOLERANCE
 
 STAGES = ("staging", "production")
 SAMPLE_SEED = 20240917  # the fixed sample both backends score

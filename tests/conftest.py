@@ -3,15 +3,20 @@
 Training is the slow part, so one session-wide template registry is trained once and
 each test that needs trained versions gets a copy of its database (the artifacts it
 points at are only read).
+
+A test that starts a server, a browser, PostgreSQL, the notebooks or a load is marked
+``slow`` (``make test-fast`` leaves those out); one that forgets fails, naming what it
+started (``support.slow_program``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
-from support import copy_db
+from support import copy_db, slow_program
 
 from churnlab import store
 
@@ -70,3 +75,77 @@ def clean_copy(tmp_path) -> Path:
     folder = tmp_path / "cwd"
     folder.mkdir()
     return folder
+
+
+# ---------------------------------------------------------------------------- the fast tier
+_RUNNING: dict = {"item": None, "hooked": False}  # the test being set up or run
+
+
+def _refuse_unmarked_servers(event: str, args: tuple) -> None:
+    """Audit hook: a test not marked slow may not start a server, browser or load."""
+    if event != "subprocess.Popen":
+        return
+    item = _RUNNING["item"]
+    if item is None or item.get_closest_marker("slow") is not None:
+        return
+    what = slow_program(args[1])
+    if what:
+        pytest.fail(
+            f"{item.nodeid} starts {what} but is not marked slow: add "
+            "`@pytest.mark.slow` (or `pytestmark = pytest.mark.slow`) so that "
+            "`make test-fast` leaves it out",
+            pytrace=False,
+        )
+
+
+def pytest_configure(config) -> None:
+    if not _RUNNING.get("hooked"):  # an audit hook stays for the life of the process
+        sys.addaudithook(_refuse_unmarked_servers)
+        _RUNNING["hooked"] = True
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    # a fixture's set-up counts for the test it is set up for; tear-downs may stop anything
+    _RUNNING["item"] = item
+    try:
+        return (yield)
+    finally:
+        _RUNNING["item"] = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    _RUNNING["item"] = item
+    try:
+        return (yield)
+    finally:
+        _RUNNING["item"] = None
+
+
+# ---------------------------------------------------------------------------- xdist groups
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """Keep each ``xdist_group`` on one worker under ``make test`` (``--dist loadgroup``).
+
+    pytest-xdist 3.8 writes an item's group into ``item._nodeid``, which pytest 9.2 no
+    longer reads, so the groups were silently ignored (and the session's workbook run, a
+    module's server, ran once per worker). On a worker, this puts the ``@group`` suffix
+    into the node id as xdist means to; where xdist managed it, there is nothing to do.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # a pytest before 9.2: xdist set the suffix itself
+        return
+    for item in items:
+        groups = sorted(
+            {
+                str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                for mark in item.iter_markers("xdist_group")
+            }
+        )
+        suffix = "@" + "_".join(groups)
+        if groups and not item.nodeid.endswith(suffix):
+            item._id = coerce_node_id(item.nodeid + suffix)

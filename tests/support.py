@@ -92,6 +92,62 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
 BIN = Path(sys.executable).parent
 CHURNLAB = str(BIN / "churnlab")
 
+#: ``churnlab`` commands that start a server, a backend or the notebooks (or refuse to)
+SERVER_COMMANDS = frozenset({"serve", "ui", "workbook", "smoke", "verify", "class-server"})
+_POSTGRES = frozenset({"initdb", "pg_ctl", "pg_ctlcluster", "postgres"})
+_BROWSERS = frozenset({"chromium", "chromium-browser", "chrome"})
+
+
+def slow_program(argv) -> str | None:
+    """What a command line starts that makes a test slow (see tests/conftest.py), or None.
+
+    A server (``mlflow server``/``ui``, uvicorn, ``churnlab serve`` and the other
+    :data:`SERVER_COMMANDS`), a browser (Chromium, playwright's driver), PostgreSQL, a
+    load generator (wrk), a notebook kernel or a JVM (Spark).
+    """
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        text = os.fsdecode(argv)
+        try:
+            argv = shlex.split(text)
+        except ValueError:
+            argv = text.split()
+    args = [os.fsdecode(a) if isinstance(a, (bytes, os.PathLike)) else str(a) for a in argv]
+    names = [os.path.basename(a) for a in args]
+    for i, name in enumerate(names):
+        rest = args[i + 1 :]
+        if name == "mlflow" and rest[:1] and rest[0] in ("server", "ui"):
+            return f"`mlflow {rest[0]}`"
+        if name == "uvicorn" or args[i] == "serving.app:app":
+            return "a uvicorn backend"
+        if name == "churnlab":
+            command = _first_command(rest)
+            if command in SERVER_COMMANDS:
+                return f"`churnlab {command}`"
+        if name in _BROWSERS or args[i] == "run-driver":
+            return "a browser"
+        if name in _POSTGRES:
+            return "PostgreSQL"
+        if name == "wrk":
+            return "a load run (wrk)"
+        if name == "ipykernel_launcher":
+            return "a notebook kernel"
+        if name in ("java", "spark-submit"):
+            return "a JVM"
+    return None
+
+
+def _first_command(args: list[str]) -> str | None:
+    """The subcommand of a ``churnlab`` command line (after ``--model NAME`` and flags)."""
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--model":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now (bind port 0 on loopback)."""
@@ -145,7 +201,12 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+        # none of this process's tracking settings: the server is the store, not a client
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MLFLOW_TRACKING") and k not in store.SERVER_VARIABLES
+        }
         # the background job runner (a dozen huey consumers) is not part of the registry
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         env["PYTHONUNBUFFERED"] = "1"  # one access-log line per request, as it is served

@@ -20,10 +20,13 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/serving-helper")
 ARGS = CHROMIUM_ARGS
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
-    reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
+        reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
+    ),
+]
 
 
 @pytest.fixture

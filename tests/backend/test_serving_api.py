@@ -18,6 +18,9 @@ from churnlab.errors import InputError, Refused
 from serving import contract
 from serving.app import ENV_VARIABLES, Settings, create_app, load
 
+#: one worker runs this module (--dist loadgroup): its fixtures are costly to repeat
+pytestmark = pytest.mark.xdist_group("serving-api")
+
 MAX_RECORDS = 50
 MAX_BODY = 64 * 1024
 GOOD = {k: v for k, v in schema.EXAMPLE_RECORD.items()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +19,14 @@ from pathlib import Path
 import pytest
 import requests
 from support import copy_db as _copy_db
+from support import sqlite_server
 
 from churnlab import data, schema
 from churnlab.backend import free_port, running_backend
 from churnlab.schema import EXAMPLE_RECORD
 from churnlab.scoring import Scorer
+
+pytestmark = pytest.mark.slow
 
 CHURNLAB = str(Path(sys.executable).with_name("churnlab"))
 SECRET = "s3cret-token-value"
@@ -230,59 +232,17 @@ def test_serves_from_a_real_mlflow_server(template_home, tmp_path, monkeypatch):
     from churnlab.registry import Registry
 
     server_home = tmp_path / "server"
-    _copy_db(template_home, server_home)
-    port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{server_home / 'mlflow.db'}",
-            "--default-artifact-root",
-            (server_home / "artifacts").as_uri(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers share the group: stopped together below
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (tmp_path / "mlflow-server.log").read_text()[-2000:]
-            try:
-                if requests.get(uri + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    _copy_db(template_home, server_home)  # the server's store: the trained template's
+    with sqlite_server(server_home) as server:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         store.configure()
         remote = Registry()
         remote.stage(2, override=True, reason="served from a tracking server")
         frame, records = _records(remote, 2, rows=25)
-        with running_backend("staging", env={"MLFLOW_TRACKING_URI": uri}) as backend:
+        with running_backend("staging", env={"MLFLOW_TRACKING_URI": server.url}) as backend:
             health = backend.health()
             assert (health["stage"], health["model_version"]) == ("staging", 2)
             assert health["run_id"] == remote.version(2).run_id
             got = [p["churn_probability"] for p in backend.predict(records)["predictions"]]
         expected = Scorer.from_registry(remote, 2).predict_proba(data.features(frame))
         assert max(abs(a - b) for a, b in zip(got, expected, strict=True)) <= 1e-9
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-        log.close()

@@ -18,7 +18,7 @@ from support import cli, remote_env
 
 from churnlab import classroom, tags
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class-server")]
 
 ALICE, BOB, CAROL = "alice", "bob", "carol"
 

@@ -23,7 +23,7 @@ import class_flow
 import pytest
 from support import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class-server")]
 
 STUDENTS = int(os.environ.get("CHURNLAB_CLASS_SIZE", "30"))
 #: worker processes: the class at once, as far as 2 cores can carry it

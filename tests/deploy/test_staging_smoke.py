@@ -15,6 +15,8 @@ from churnlab.smoke import SmokeResult, smoke_check
 from churnlab.tags import SMOKE_PREFIX
 from churnlab.tags import SMOKE_VERDICT as SMOKE_TAG
 
+pytestmark = pytest.mark.slow
+
 
 def _artifact(registry, version: int) -> dict:
     import mlflow.artifacts

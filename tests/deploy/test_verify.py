@@ -11,6 +11,8 @@ from churnlab.backend import free_port, running_backend
 from churnlab.errors import Refused
 from churnlab.verify import VerifyResult, verify_side_by_side
 
+pytestmark = pytest.mark.slow
+
 
 def _register_copy(registry, of: int) -> int:
     """Register a new version from an existing version's logged model (no training)."""

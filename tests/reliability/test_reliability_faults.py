@@ -18,6 +18,8 @@ from support import cli, remote_env, sqlite_server, start_cli
 from churnlab import cli as churnlab_cli
 from churnlab.registry import PRODUCTION, STAGING, Registry
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("faults-server")]
+
 #: every command must give up on an unreachable registry within this many seconds
 FAIL_WITHIN_S = 15.0
 

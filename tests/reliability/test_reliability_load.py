@@ -23,6 +23,8 @@ from churnlab.backend import running_backend
 from churnlab.gate import Policy, run_gate
 from churnlab.schema import EXAMPLE_RECORD
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("load-backend")]
+
 CLIENTS = 32
 SECONDS = 30
 WARMUP_SECONDS = 5

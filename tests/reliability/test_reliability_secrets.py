@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from support import cli, free_port, remote_env, sqlite_server
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workbook")]
+
 MARKER = f"m4rker{uuid.uuid4().hex[:12]}"
 USER = "student"
 

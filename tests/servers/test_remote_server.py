@@ -8,98 +8,28 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from support import sqlite_server
 
 from churnlab.tags import GATE_VERDICT as GATE_TAG
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("remote-server")]
 
 TOKEN = "remote-test-token-5f4e3d2c"
 FAST_GATE = ("--set", "latency_samples=20", "--set", "latency_p95_ms=10000")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early:\n{log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(
-        f"mlflow server not healthy after {seconds:.0f} s:\n{log.read_text()[-2000:]}"
-    )
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and the workers it started (its own process group)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real tracking server on 127.0.0.1 with `--serve-artifacts` (slow: ~5-20 s to start)."""
-    base = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = base / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job workers
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("mlflow")),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{base / 'mlflow.db'}",
-                "--serve-artifacts",
-                "--artifacts-destination",
-                str(base / "artifacts"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=base,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
-        yield {"url": url, "artifacts": base / "artifacts"}
-    finally:
-        stop(proc)
+    with sqlite_server(tmp_path_factory.mktemp("mlflow-server")) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +41,7 @@ def flow(server, tmp_path_factory):
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(
-        MLFLOW_TRACKING_URI=server["url"],
+        MLFLOW_TRACKING_URI=server.url,
         MLFLOW_TRACKING_TOKEN=TOKEN,
         CHURNLAB_HOME=str(home),
         CHURNLAB_ACTOR="remote-tester",
@@ -132,7 +62,7 @@ def flow(server, tmp_path_factory):
         )
         if results[name].returncode != 0:
             break
-    return {"results": results, "home": home, "cwd": cwd, "url": server["url"]}
+    return {"results": results, "home": home, "cwd": cwd, "url": server.url}
 
 
 @pytest.fixture
@@ -201,7 +131,7 @@ def test_artifacts_live_on_the_server(flow, client, server, tmp_path):
     assert json.loads(Path(gate_json).read_text())["verdict"] == "passed"
     names = {a.path for a in client.list_artifacts(run_id, "data")}
     assert len(names) == 3 and all(n.endswith(".csv") for n in names)
-    stored = {p.name for p in server["artifacts"].rglob("*") if p.is_file()}
+    stored = {p.name for p in (server.folder / "artifacts").rglob("*") if p.is_file()}
     assert {"requirements.txt", "MLmodel", "v1.json", "roc_curve.png"} <= stored
     for dataset_input in client.get_run(run_id).inputs.dataset_inputs:
         source = json.loads(dataset_input.dataset.source)

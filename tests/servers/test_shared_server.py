@@ -20,6 +20,8 @@ from support import (
     start_cli,
 )
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-server")]
+
 MODEL = "shared-churn"
 #: the gate's latency check samples less: this test is about the registry, not speed
 FAST_GATE = ("--set", "latency_samples=20")

@@ -1,0 +1,83 @@
+"""The fast tier stays fast: a test that starts a server, a browser or a load is marked slow.
+
+tests/conftest.py fails an unmarked test at the moment it starts one (an audit hook on
+``subprocess.Popen``); ``support.slow_program`` says what a command line starts.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import slow_program
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (["/venv/bin/mlflow", "server", "--port", "5000"], "`mlflow server`"),
+        ([sys.executable, "-m", "mlflow", "ui"], "`mlflow ui`"),
+        ("mlflow server --host 127.0.0.1", "`mlflow server`"),
+        ([sys.executable, "-m", "uvicorn", "serving.app:app"], "a uvicorn backend"),
+        (["/venv/bin/churnlab", "serve", "--port", "8000"], "`churnlab serve`"),
+        (["/venv/bin/churnlab", "--model", "m", "smoke"], "`churnlab smoke`"),
+        (["/venv/bin/churnlab", "workbook", "--output", "reports"], "`churnlab workbook`"),
+        (["/venv/bin/churnlab", "class-server", "--folder", "f"], "`churnlab class-server`"),
+        (["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/17/bin/initdb"], "PostgreSQL"),
+        (["/pw/driver/node", "/pw/driver/package/cli.js", "run-driver"], "a browser"),
+        (["/usr/bin/chromium", "--headless"], "a browser"),
+        (["wrk", "-t2", "-c32", "http://127.0.0.1:1/"], "a load run (wrk)"),
+        ([sys.executable, "-m", "ipykernel_launcher", "-f", "k.json"], "a notebook kernel"),
+        (["/usr/bin/java", "-cp", "spark.jar"], "a JVM"),
+    ],
+)
+def test_commands_that_start_servers_browsers_or_loads_are_recognised(argv, what):
+    assert slow_program(argv) == what
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["/venv/bin/churnlab", "train", "--rows", "200"],
+        ["/venv/bin/churnlab", "--model", "serve", "status"],  # a model named "serve"
+        ["/venv/bin/churnlab", "promote", "1", "--reason", "serve it"],
+        [sys.executable, "-c", "print('uvicorn')"],
+        ["/venv/bin/hadolint", "serving/Dockerfile"],
+    ],
+)
+def test_other_commands_are_not(argv):
+    assert slow_program(argv) is None
+
+
+def test_an_unmarked_test_that_starts_a_server_fails_naming_it():
+    with pytest.raises(pytest.fail.Exception) as caught:
+        subprocess.run([sys.executable, "-m", "uvicorn", "--version"], capture_output=True)
+    assert "starts a uvicorn backend but is not marked slow" in str(caught.value)
+    assert "test_an_unmarked_test_that_starts_a_server_fails_naming_it" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_test_marked_slow_may_start_one():
+    done = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "uvicorn" in done.stdout
+
+
+def _recipe(target: str) -> str:
+    """The commands of one Makefile target."""
+    text = (ROOT / "Makefile").read_text()
+    found = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n|\n)*?)(?=^\S|\Z)", text, re.M)
+    assert found, f"no {target} target in the Makefile"
+    return found.group(1)
+
+
+def test_make_test_fast_leaves_out_slow_tests_and_the_notebooks():
+    recipe = _recipe("test-fast")
+    assert '-m "not slow"' in recipe
+    assert "nbval" not in recipe
