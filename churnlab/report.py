@@ -1,9 +1,12 @@
 """The workbook's report: ONE self-contained HTML file that opens offline.
 
-A summary read from the registry (versions and verdicts, who holds which stage, the
-promotion history) and from the executed ``05_verify`` notebook (both ``/health`` answers),
-then every executed notebook with its code folded. Styles are inlined and plots are data
-URIs: the page loads nothing from the network (no require.js, no MathJax, no fonts).
+"Your work" first (:mod:`churnlab.work`: the student's name, each task's verdict from the
+registry, each answer), embedded as JSON too and written beside the page as
+``workbook.json``. Then a summary read from the registry (versions and verdicts, who holds
+which stage, the promotion history) and from the executed ``05_verify`` notebook (both
+``/health`` answers), then every executed notebook with its code folded. Styles are inlined
+and plots are data URIs: the page loads nothing from the network (no require.js, no
+MathJax, no fonts).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churnlab import store
+from churnlab import store, work
 
 if TYPE_CHECKING:  # the runner calls the report; the report only reads the run it is given
     from churnlab.runner import WorkbookRun
@@ -61,6 +64,11 @@ a.anchor-link, .jp-Collapser { display: none; }
 .wb-row { display: flex; gap: 2.5rem; flex-wrap: wrap; align-items: flex-start; }
 details.wb-code > summary { cursor: pointer; color: #666; font: 12px monospace; }
 details.wb-code[open] > summary { margin-bottom: .3rem; }
+.wb-work { border-bottom: 3px solid #1565c0; padding-bottom: 1rem; margin-bottom: 1.5rem; }
+.wb-work td { white-space: normal; }
+.wb-work h3 { font-size: 1rem; margin: .9rem 0 .2rem; }
+.wb-answer { white-space: pre-wrap; background: #f7f7f7; padding: .4rem .6rem; }
+.wb-words { color: #666; font-size: 12px; margin: .1rem 0; }
 """
 
 
@@ -266,8 +274,10 @@ def build_report(
 ) -> Path:
     """Write the report of ``run`` to ``out``; return it.
 
+    "Your work" opens the page; the same summary goes to ``workbook.json`` beside ``out``.
     Written to a temporary file and renamed, so a reader never sees half a report.
     """
+    summary = work.work_summary(run.parameters, [r.path for r in run.runs], model_name=model_name)
     facts = registry_summary(model_name)
     verify = next((r for r in run.runs if r.name == "05_verify"), None)
     health = health_answers(verify.path) if verify else None
@@ -286,7 +296,8 @@ def build_report(
         "<title>churnlab workbook</title>\n"
         f"<style>{_lab_css()}\n{_CSS}</style>\n</head>\n"
         '<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">\n'
-        f"<main>\n{summary_html(run, facts, health)}\n{''.join(sections)}\n</main>\n</body>\n</html>\n"
+        f"<main>\n{work.work_html(summary)}\n{summary_html(run, facts, health)}\n"
+        f"{''.join(sections)}\n</main>\n{work.embed(summary)}\n</body>\n</html>\n"
     )
     problems = network_references(page)
     if problems:  # never hand out a report that would reach for the network
@@ -295,6 +306,7 @@ def build_report(
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
+    work.write_json(summary, out.with_suffix(".json"))
     return out
 
 

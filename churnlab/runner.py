@@ -139,6 +139,21 @@ def check_parameters(
             raise InputError(f"parameter {name} takes a {kind}, got {value!r}")
 
 
+def story_parameters(parameters: dict[str, Any]) -> None:
+    """Check, in place, whose story a run tells: ``student`` (a name, never blank) and
+    ``data`` (a readable Telco CSV, made absolute: the notebooks run in their folder)."""
+    from churnlab.workbook import Story
+
+    story = Story.of(parameters.get("student"), data=parameters.get("data"))
+    if "student" in parameters:
+        parameters["student"] = story.student
+    if story.data is not None:
+        from churnlab import data
+
+        data.load_csv(story.data)  # a malformed file fails here, before any notebook runs
+        parameters["data"] = story.data
+
+
 def _kind(parameter: dict[str, Any]) -> str:
     """The type a parameter takes: its annotation, else the type of its default literal."""
     import ast
@@ -253,6 +268,7 @@ def run_workbook(
     output: Path | None = None,
     model_name: str = store.DEFAULT_MODEL_NAME,
     shared_kernel: bool = True,
+    notebooks: Path | None = None,
     echo: Callable[[str], None] = print,
 ) -> WorkbookRun:
     """Run the selected notebooks in order, stop at the first failure, build the report.
@@ -261,17 +277,20 @@ def run_workbook(
     ``<output>/workbook.html``. Without ``reuse_registry`` the run uses a fresh embedded
     registry in ``<output>/registry`` so that two runs tell the same story. The notebooks
     run one after another in one kernel, reset in between (:class:`SharedKernel`), or each
-    in a kernel of its own with ``shared_kernel=False``.
+    in a kernel of its own with ``shared_kernel=False``. ``notebooks`` is another folder
+    holding the five notebooks (a student edition, say) instead of the project's.
     """
     skip_slow_format_checkers()
     names = select(only)
     parameters = dict(parameters or {})
-    source_dir = notebooks_dir()
+    source_dir = Path(notebooks) if notebooks is not None else notebooks_dir()
     missing = [n for n in names if not (source_dir / f"{n}.ipynb").is_file()]
     if missing:
         raise InputError(f"notebook(s) {missing} not found in {source_dir}")
     declared = {n: declared_parameters(source_dir / f"{n}.ipynb") for n in names}
-    check_parameters(parameters, declared)
+    # ``student`` is the run's own (the actor, the report): only some notebooks take it
+    check_parameters({k: v for k, v in parameters.items() if k != "student"}, declared)
+    story_parameters(parameters)
 
     output = Path(output or store.project_root() / "reports").resolve()
     executed = output / "executed"
@@ -288,7 +307,8 @@ def run_workbook(
         if not reuse_registry:
             store.ensure_experiment()
 
-    with registry_environment(home, configure=reuse_registry) as label:
+    actor = parameters.get("student")
+    with registry_environment(home, actor=actor, configure=reuse_registry) as label:
         if reuse_registry:  # an unreachable server fails here, before anything starts
             store.check_reachable()
         with contextlib.ExitStack() as kernels:
@@ -379,5 +399,6 @@ __all__ = [
     "run_notebook",
     "run_workbook",
     "select",
+    "story_parameters",
     "update_notebooks",
 ]

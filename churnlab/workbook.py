@@ -1,34 +1,147 @@
-"""What the notebooks call: the candidates they train, the versions they pick, refusals.
+"""What the notebooks call: whose story they tell, the candidates they train, the versions
+they pick, refusals, and the student's own candidate for the "Your turn" tasks.
 
 The tables they show are in :mod:`churnlab.tables`, the drift check in
-:mod:`churnlab.drift`; the runner behind ``churnlab workbook`` is :mod:`churnlab.runner`.
+:mod:`churnlab.drift`, the tasks' checks in :mod:`churnlab.exercises`; the runner behind
+``churnlab workbook`` is :mod:`churnlab.runner`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from churnlab import store, tags
+from churnlab import exercises, store, tags
 from churnlab.drift import drift_check  # 05_verify's ``drift`` parameter hides the module
 from churnlab.errors import InputError, Refused
 
 if TYPE_CHECKING:
+    import pandas as pd
+
+    from churnlab.gate import GateResult
     from churnlab.registry import Registry
     from churnlab.train import TrainResult
+
+DEFAULT_SEED = 42
+DEFAULT_ROWS = 7043
+#: the reference story's seeds of the later candidates (what the committed notebooks show)
+REFERENCE_SEEDS: dict[str, int] = {"retrain": 7, "main": 11}
+#: a student's later candidates: the base seed plus these offsets
+SEED_OFFSETS: dict[str, int] = {"base": 0, "retrain": 1, "main": 2}
+
+
+# ---------------------------------------------------------------------------- whose story
+@dataclass(frozen=True)
+class Story:
+    """Whose story the notebooks tell: the student, the seeds from the name, the data.
+
+    ``student`` None is the reference story (seed ``seed``, the committed outputs). A name
+    derives every seed (:func:`churnlab.student.seed_of`): the data, the split and the
+    models of the base candidates, and the "retrain" and "main" candidates' seeds as
+    offsets of it. ``data`` is a CSV in the IBM Telco layout instead of synthetic data;
+    every candidate then trains on that file, split with the base seed.
+    """
+
+    student: str | None = None
+    seed: int = DEFAULT_SEED
+    rows: int = DEFAULT_ROWS
+    data: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        student: str | None = None,
+        *,
+        seed: int = DEFAULT_SEED,
+        rows: int = DEFAULT_ROWS,
+        data: str | None = None,
+    ) -> Story:
+        """A validated story: a blank name or a missing data file is refused in one line."""
+        from churnlab.student import normal_name
+
+        name = None if student is None else normal_name(student)
+        path = None
+        if data is not None and str(data).strip():
+            found = Path(str(data)).expanduser()
+            if not found.is_file():
+                raise InputError(f"data must be a CSV file in the Telco layout, got {data!r}")
+            path = str(found.resolve())
+        return cls(name, int(seed), int(rows), path)
+
+    @property
+    def base_seed(self) -> int:
+        """The seed of the data, the split and the walkthrough's first candidates."""
+        from churnlab.student import seed_of
+
+        return self.seed if self.student is None else seed_of(self.student)
+
+    def seed_for(self, role: str) -> int:
+        """The seed of a candidate's role: ``base``, ``retrain`` or ``main``."""
+        if role not in SEED_OFFSETS:
+            raise InputError(f"role must be one of {list(SEED_OFFSETS)}, got {role!r}")
+        if role == "base" or self.data is not None:  # one file: every candidate splits it alike
+            return self.base_seed
+        if self.student is None:
+            return REFERENCE_SEEDS[role]
+        from churnlab.student import SEED_BOUND
+
+        return (self.base_seed + SEED_OFFSETS[role]) % SEED_BOUND
+
+    @property
+    def source(self) -> str:
+        """``synthetic`` or the CSV's file name."""
+        return "synthetic" if self.data is None else Path(self.data).name
+
+    def frame(self) -> pd.DataFrame | None:
+        """The CSV's validated rows, or None for synthetic data."""
+        return None if self.data is None else _load_csv(self.data)
+
+    def train(
+        self,
+        estimator: str,
+        params: dict[str, Any] | None = None,
+        *,
+        role: str = "base",
+        description: str = "",
+        model_name: str = store.DEFAULT_MODEL_NAME,
+    ) -> TrainResult:
+        """Train and register one candidate on this story's data with the role's seed."""
+        from churnlab import train
+
+        return train.train_candidate(
+            self.frame(),
+            model_name=model_name,
+            estimator=estimator,
+            params=params,
+            seed=self.seed_for(role),
+            rows=self.rows,
+            description=description,
+            data_source=None if self.data is None else self.source,
+        )
+
+
+@functools.lru_cache(maxsize=4)
+def _load_csv(path: str) -> pd.DataFrame:
+    from churnlab import data
+
+    return data.load_csv(path)
 
 
 # ---------------------------------------------------------------------------- candidates
 @dataclass(frozen=True)
 class Candidate:
-    """A named way to train a candidate: estimator, its parameters, data seed, a note."""
+    """A named way to train a candidate: estimator, its parameters, the role of its seed
+    (``base``, or ``retrain``/``main`` for fresh data, see :meth:`Story.seed_for`), a note."""
 
     estimator: str
     params: dict[str, Any] = field(default_factory=dict)
-    seed: int | None = None
+    role: str = "base"
     description: str = ""
 
 
@@ -41,8 +154,8 @@ CANDIDATES: dict[str, Candidate] = {
     "logreg": Candidate("logreg", description="logistic regression"),
     "forest": Candidate("forest", {"n_estimators": 100}, description="random forest"),
     "gbm": Candidate("gbm", description="gradient boosting"),
-    "retrain": Candidate("logreg", seed=7, description="logistic regression on fresh data"),
-    "main": Candidate("logreg", seed=11, description="built from the latest commit on main"),
+    "retrain": Candidate("logreg", role="retrain", description="logistic regression on fresh data"),
+    "main": Candidate("logreg", role="main", description="built from the latest commit on main"),
 }
 
 
@@ -59,36 +172,113 @@ def candidate_names(names: str | Sequence[str]) -> list[str]:
 def train_candidates(
     names: str | Sequence[str],
     *,
-    rows: int = 7043,
-    seed: int = 42,
+    rows: int = DEFAULT_ROWS,
+    seed: int = DEFAULT_SEED,
+    story: Story | None = None,
     model_name: str = store.DEFAULT_MODEL_NAME,
 ) -> list[TrainResult]:
-    """Train and register each named candidate in order; return the ``TrainResult`` list."""
-    from churnlab import train
+    """Train and register each named candidate in order; return the ``TrainResult`` list.
 
-    results = []
-    for name in candidate_names(names):
-        spec = CANDIDATES[name]
-        results.append(
-            train.train_candidate(
-                model_name=model_name,
-                estimator=spec.estimator,
-                params=spec.params,
-                seed=spec.seed if spec.seed is not None else seed,
-                rows=rows,
-                description=spec.description,
-            )
+    On ``story``'s data and seeds; without one, the reference story with ``seed`` and
+    ``rows`` of synthetic data.
+    """
+    story = story or Story(seed=seed, rows=rows)
+    return [
+        story.train(
+            spec.estimator,
+            spec.params,
+            role=spec.role,
+            description=spec.description,
+            model_name=model_name,
         )
-    return results
+        for spec in (CANDIDATES[name] for name in candidate_names(names))
+    ]
+
+
+# ---------------------------------------------------------------------------- your turn
+def train_own(
+    story: Story,
+    estimator: str,
+    params: dict[str, Any] | None = None,
+    *,
+    model_name: str = store.DEFAULT_MODEL_NAME,
+) -> TrainResult:
+    """Train the student's own candidate (Task 1) on the story's data; tag it as theirs."""
+    from churnlab.registry import Registry
+
+    shown = ", ".join(f"{k}={v!r}" for k, v in sorted((params or {}).items()))
+    result = story.train(
+        estimator,
+        params,
+        description=f"your candidate: {estimator}({shown})",
+        model_name=model_name,
+    )
+    Registry(model_name).set_version_tags(
+        result.model_version, {exercises.OWN_TAG: story.student or "reference"}
+    )
+    return result
+
+
+def my_candidate(registry: Registry) -> int:
+    """The student's newest own candidate (trained with :func:`train_own`).
+
+    Refused in one line when there is none: Task 1 in 01 trains it.
+    """
+    own = exercises.own_versions(registry)
+    if not own:
+        raise InputError(
+            f"no candidate of your own in {registry.model_name}: train one in 01's Your turn "
+            "cell (workbook.train_own)"
+        )
+    return own[-1]
+
+
+def replay_gate(registry: Registry, version: int, accuracy_min: float = 0.9) -> GateResult:
+    """Run the gate on ``version`` with a stricter accuracy (the exercise's first run: 0.90).
+
+    Records the verdict like any gate run, and the replay itself on the version
+    (:data:`churnlab.exercises.STRICT_GATE_TAG`), so Task 1's check can see it later.
+    """
+    from churnlab import gate
+    from churnlab.registry import STAGING
+
+    result = gate.run_gate(
+        version, registry=registry, policy=gate.Policy.load(accuracy_min=accuracy_min)
+    )
+    record = {
+        "accuracy_min": accuracy_min,
+        "verdict": result.verdict,
+        "summary": result.summary(),
+        "staged": registry.holder(STAGING) == int(version),
+    }
+    registry.set_version_tags(version, {exercises.STRICT_GATE_TAG: json.dumps(record)})
+    return result
+
+
+def stop_backends() -> int:
+    """Stop the serving backends this process started and left running; return how many."""
+    import os
+    import signal
+
+    stopped = 0
+    for found in exercises.running_backends():
+        try:
+            os.kill(found.pid, signal.SIGTERM)
+            os.waitpid(found.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            continue
+        stopped += 1
+    return stopped
 
 
 # ---------------------------------------------------------------------------- versions
 def pending_versions(registry: Registry) -> list[int]:
-    """Versions whose gate verdict is still pending, oldest first."""
+    """Versions whose gate verdict is still pending, oldest first (the student's own
+    candidates left out: they are the student's task)."""
     return [
         int(v.version)
         for v in registry.versions()
-        if (v.tags or {}).get(tags.GATE_VERDICT, "pending") == "pending"
+        if (v.tags or {}).get(tags.GATE_VERDICT, "pending") == "pending" and not exercises.is_own(v)
     ]
 
 
@@ -101,14 +291,37 @@ def ever_held(registry: Registry) -> set[int]:
 
 
 def next_to_stage(registry: Registry) -> int | None:
-    """The newest version that passed the gate and never held a stage, or None."""
+    """The newest version that passed the gate and never held a stage, or None (the
+    student's own candidates left out)."""
     held = ever_held(registry)
     passed = [
         int(v.version)
         for v in registry.versions()
-        if (v.tags or {}).get(tags.GATE_VERDICT) == "passed" and int(v.version) not in held
+        if (v.tags or {}).get(tags.GATE_VERDICT) == "passed"
+        and int(v.version) not in held
+        and not exercises.is_own(v)
     ]
     return max(passed, default=None)
+
+
+def next_to_promote(registry: Registry) -> int | None:
+    """The version staging holds; when that is the student's own candidate, the newest
+    other version with gate and smoke passed that production does not hold, or None."""
+    from churnlab.registry import PRODUCTION, STAGING
+
+    staged = registry.holder(STAGING)
+    if staged is not None and staged not in exercises.own_versions(registry):
+        return staged
+    production = registry.holder(PRODUCTION)
+    ready = [
+        int(v.version)
+        for v in registry.versions()
+        if (v.tags or {}).get(tags.GATE_VERDICT) == "passed"
+        and (v.tags or {}).get(tags.SMOKE_VERDICT) == "passed"
+        and int(v.version) != production
+        and not exercises.is_own(v)
+    ]
+    return max(ready, default=None)
 
 
 def evaluation(registry: Registry, version: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -136,12 +349,18 @@ def refusal(action: Callable[[], Any]) -> str | None:
 __all__ = [
     "CANDIDATES",
     "Candidate",
+    "Story",
     "candidate_names",
     "drift_check",
     "evaluation",
     "ever_held",
+    "my_candidate",
+    "next_to_promote",
     "next_to_stage",
     "pending_versions",
     "refusal",
+    "replay_gate",
+    "stop_backends",
     "train_candidates",
+    "train_own",
 ]

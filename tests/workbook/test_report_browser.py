@@ -18,9 +18,13 @@ from churnlab import runner
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = CHROMIUM_ARGS
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+    pytest.mark.xdist_group("workbook"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +73,13 @@ def test_report_renders_every_section_and_image_offline(browser, page_report):
     try:
         assert page.title() == "churnlab workbook"
         assert page.locator("#summary h1").inner_text() == "churnlab workbook"
+        # the page opens with the student's work: name, four task verdicts, six questions
+        opening = "() => document.querySelector('main').firstElementChild.id"
+        assert page.evaluate(opening) == "your-work"
+        work = page.locator("#your-work")
+        assert work.locator("h1").inner_text() == "Your work" and work.is_visible()
+        assert work.locator("tbody tr").count() == 4
+        assert work.locator(".wb-question").count() == 6
         for name in runner.NOTEBOOKS:
             section = page.locator(f"#nb-{name}")
             assert section.count() == 1, name
