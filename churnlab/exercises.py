@@ -22,12 +22,11 @@ from churnlab import store, tags
 if TYPE_CHECKING:
     from churnlab.registry import Event, Registry
 
-#: on a version: the student's own candidate (the value is the student's name or "reference")
-OWN_TAG = f"{tags.PREFIX}exercise.own"
-#: on a version: the replay of the exercise's strict gate (JSON: accuracy_min, verdict, ...)
-STRICT_GATE_TAG = f"{tags.PREFIX}exercise.strict_gate"
-#: on a version: what the production backend answered when Task 4's check saw it (JSON)
-SERVED_TAG = f"{tags.PREFIX}exercise.served"
+OWN_TAG, STRICT_GATE_TAG, SERVED_TAG = (
+    tags.EXERCISE_OWN,
+    tags.EXERCISE_STRICT_GATE,
+    tags.EXERCISE_SERVED,
+)
 #: the exercise's first run required this accuracy; every candidate fails it
 STRICT_ACCURACY = 0.9
 
@@ -140,10 +139,9 @@ def _json_tag(found: dict[str, str], key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _params(registry: Registry, run_id: str) -> str:
+def _params(params: dict[str, str]) -> str:
     """The hyperparameters a version's run logged (``clf_*``), as ``name=value`` text."""
-    run = registry.client.get_run(run_id)
-    shown = [f"{k[4:]}={v}" for k, v in sorted(run.data.params.items()) if k.startswith("clf_")]
+    shown = [f"{k[4:]}={v}" for k, v in sorted(params.items()) if k.startswith("clf_")]
     return ", ".join(shown) or "defaults"
 
 
@@ -170,7 +168,7 @@ def task1(registry: Registry, part: int | None = None) -> Verdict:
     mine = own[-1]
     evidence = registry.evidence(mine)
     trained = (
-        f"v{mine} is yours: {evidence.estimator} ({_params(registry, evidence.run_id)}), "
+        f"v{mine} is yours: {evidence.estimator} ({_params(evidence.params)}), "
         f"accuracy {evidence.metrics.get('accuracy', float('nan')):.4f}"
     )
     if part == 1:

@@ -33,6 +33,13 @@ DATA_PREFIX = "churnlab.data."
 #: the snapshots every version records
 DATA_KINDS: tuple[str, ...] = ("training", "evaluation", "reference")
 
+#: the exercise: the student's own candidate (the value is the student's name or "reference")
+EXERCISE_OWN = "churnlab.exercise.own"
+#: the exercise: the replay of its strict gate (JSON: accuracy_min, verdict, ...)
+EXERCISE_STRICT_GATE = "churnlab.exercise.strict_gate"
+#: the exercise: what the production backend answered when Task 4's check saw it (JSON)
+EXERCISE_SERVED = "churnlab.exercise.served"
+
 # ---------------------------------------------------------------- on a run
 #: where the training data came from (a file name or ``synthetic:seed=…,rows=…``)
 DATA_SOURCE = "churnlab.data_source"

@@ -66,13 +66,12 @@ def _data(registry: Any, story_source: str) -> dict[str, Any]:
     found = [v for v in registry.versions() if (v.description or "") == base]
     if not found:
         return {"source": story_source, "rows": 0, "digests": {}}
-    mv = found[-1]
-    run = registry.client.get_run(mv.run_id)
-    source = run.data.tags.get(tags.DATA_SOURCE, "")
+    evidence = registry.evidence(found[-1].version)
+    source = evidence.run_tags.get(tags.DATA_SOURCE, "")
     return {
         "source": "synthetic" if source.startswith("synthetic") else (source or story_source),
-        "rows": int(run.data.params.get("rows", 0)),
-        "digests": tags.under(dict(mv.tags or {}), tags.DATA_PREFIX),
+        "rows": int(evidence.params.get("rows", 0)),
+        "digests": evidence.data,
     }
 
 
