@@ -147,7 +147,8 @@ def _check_command(argv: list[str], expected: list[str]) -> dict:
 def test_candidate_workflow_runs_notebooks_01_to_03_with_valid_parameters():
     argv = workbook_command(load(CANDIDATE), {"CANDIDATES": "logreg"})
     parameters = _check_command(argv, list(runner.NOTEBOOKS[:3]))
-    assert parameters == {"candidates": "logreg"}
+    # the teacher's task solutions stay out of CI (your_turn False)
+    assert parameters == {"candidates": "logreg", "your_turn": False}
     default = triggers(load(CANDIDATE))["workflow_dispatch"]["inputs"]["candidates"]["default"]
     assert workbook.candidate_names(default) == ["logreg"]
 
@@ -160,6 +161,7 @@ def test_promote_workflow_runs_notebooks_04_and_05_with_valid_parameters():
         "model_version": 7,
         "override_reason": "hotfix for a broken feature",
         "walkthrough": False,
+        "your_turn": False,
     }
     assert (
         _check_command(
