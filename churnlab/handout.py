@@ -33,7 +33,7 @@ CODE_STUB = "# YOUR CODE HERE"
 #: what replaces a written answer (nbgrader's ``ClearSolutions.text_stub``)
 TEXT_STUB = work.PLACEHOLDER
 #: the teacher's own files, never handed out (project-relative, POSIX)
-TEACHER_ONLY = frozenset({"docs/teaching.md"})
+TEACHER_ONLY = frozenset({"docs/teaching.md", "docs/your-work-teacher.png"})
 #: what a fresh clone never has, for a project that is not a git checkout (cf. .gitignore)
 _NEVER_COPIED = frozenset(
     {
