@@ -3,7 +3,8 @@
 - registry copies: ``copy_db`` and ``staged_copy`` (a trained template, v1 staged);
 - the real console script: ``run_cli`` (and ``cli`` / ``start_cli`` with a given env);
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
-  ``stop()``: ``MlflowServer`` (``sqlite_server``), ``PostgresCluster``;
+  ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
+  package's own, ``churnlab.classroom.Postgres`` (``durable=False`` for a throw-away one);
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
   and browser tests.
 """
@@ -11,16 +12,13 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shlex
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,12 +268,6 @@ class MlflowServer:
             _end_group(self.proc)
 
 
-def postgres_bin() -> Path | None:
-    """The folder of Debian's PostgreSQL server binaries (newest version), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
 @contextlib.contextmanager
 def sqlite_server(folder: Path) -> Iterator[MlflowServer]:
     """A real ``mlflow server`` on a sqlite store in ``folder``, stopped afterwards."""
@@ -284,95 +276,6 @@ def sqlite_server(folder: Path) -> Iterator[MlflowServer]:
         yield srv
     finally:
         srv.stop()
-
-
-class PostgresCluster:
-    """A private PostgreSQL cluster in a temporary folder, run as the ``postgres`` user.
-
-    Listens on 127.0.0.1 and a free port, with its unix socket in the same folder.
-    """
-
-    def __init__(self, user: str = "postgres") -> None:
-        self.bin = postgres_bin()
-        if self.bin is None:
-            raise RuntimeError("PostgreSQL server binaries are not installed")
-        # its own folder right under /tmp: the postgres user cannot enter pytest's (0700)
-        self.folder = Path(tempfile.mkdtemp(prefix="churnlab-pg-"))
-        self.data = self.folder / "data"
-        self.user = user
-        self.port = free_port()
-        self.started = False
-
-    def _as_user(self, *cmd: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        prefix: list[str] = []
-        if os.geteuid() == 0:  # root may not run postgres
-            # runuser lives in /usr/sbin, which a minimal PATH may leave out
-            search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-            runuser = shutil.which("runuser", path=search)
-            prefix = [runuser, "-u", self.user, "--"] if runuser else ["su", self.user, "-c"]
-            if not runuser:  # su takes one shell command line: quote each argument
-                cmd = (shlex.join(cmd),)
-        return subprocess.run(
-            [*prefix, *cmd],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.folder,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def start(self) -> PostgresCluster:
-        if os.geteuid() == 0:
-            shutil.chown(self.folder, self.user, self.user)
-            self.folder.chmod(0o700)
-        done = self._as_user(
-            str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"
-        )
-        if done.returncode:
-            raise RuntimeError(f"initdb failed: {done.stderr[-2000:]}")
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
-        done = self._as_user(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.folder / "postgres.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-        self.started = done.returncode == 0
-        if not self.started:
-            log_file = self.folder / "postgres.log"
-            log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
-            raise RuntimeError(f"pg_ctl start failed: {done.stderr[-2000:]}\n{log}".rstrip())
-        return self
-
-    def createdb(self, name: str) -> str:
-        """Create database ``name``; return its SQLAlchemy URI (TCP on 127.0.0.1)."""
-        done = self._as_user(
-            str(self.bin / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            name,
-        )
-        if done.returncode:
-            raise RuntimeError(f"createdb failed: {done.stderr}")
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        """Stop the cluster (fast shutdown) and delete its folder."""
-        if self.started:
-            self._as_user(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
-            self.started = False
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -447,7 +350,7 @@ class WorkbookOutput:
 
 
 #: set as the tracking password and token for the default run: it must appear nowhere
-#: in what the run writes (tests/test_reliability_secrets.py greps for it)
+#: in what the run writes (tests/reliability/test_reliability_secrets.py greps for it)
 SECRET_MARKER = f"wb-secret-{os.getpid()}-7c1e9a"
 SECRETS = {
     "MLFLOW_TRACKING_TOKEN": SECRET_MARKER,
