@@ -95,6 +95,27 @@ def history_table(registry: Registry) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def timeline_table(registry: Registry) -> pd.DataFrame:
+    """Moves and four-eyes approvals, in the order they were recorded (an approval's
+    ``to`` is the version it approves)."""
+    columns = ["time", "actor", "action", "alias", "from", "to", "reason"]
+    rows = []
+    for r in registry.timeline():
+        before, after = r.get("from_version"), r.get("to_version", r.get("version"))
+        rows.append(
+            {
+                "time": r["time"],
+                "actor": r["actor"],
+                "action": r["action"],
+                "alias": r["alias"],
+                "from": "-" if before is None else f"v{before}",
+                "to": "-" if after is None else f"v{after}",
+                "reason": r.get("reason", ""),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
 def history_events(registry: Registry) -> list[dict[str, Any]]:
     """The history as plain dicts (what ``plots.stage_timeline`` draws)."""
     return [e.to_dict() for e in registry.history()]

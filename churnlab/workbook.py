@@ -1,5 +1,6 @@
 """What the notebooks call: whose story they tell, the candidates they train, the versions
-they pick, refusals, and the student's own candidate for the "Your turn" tasks.
+they pick, refusals, a backend that follows its alias, four eyes by a second person, the
+customers most at risk, and the student's own candidate for the "Your turn" tasks.
 
 The tables they show are in :mod:`churnlab.tables`, the drift check in
 :mod:`churnlab.drift`, the tasks' checks in :mod:`churnlab.exercises`; the runner behind
@@ -8,9 +9,13 @@ The tables they show are in :mod:`churnlab.tables`, the drift check in
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Sequence
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +29,9 @@ from churnlab.errors import InputError, Refused
 if TYPE_CHECKING:
     import pandas as pd
 
+    from churnlab.backend import Backend
     from churnlab.gate import GateResult
-    from churnlab.registry import Registry
+    from churnlab.registry import Approval, Registry
     from churnlab.train import TrainResult
 
 DEFAULT_SEED = 42
@@ -34,6 +40,13 @@ DEFAULT_ROWS = 7043
 REFERENCE_SEEDS: dict[str, int] = {"retrain": 7, "main": 11}
 #: a student's later candidates: the base seed plus these offsets
 SEED_OFFSETS: dict[str, int] = {"base": 0, "retrain": 1, "main": 2}
+#: the ``/health`` fields of a following backend that two correct runs share (``last_check``
+#: and the switches' times change on every run)
+FOLLOW_FIELDS: tuple[str, ...] = ("model_version", "alias_version", "following", "reason")
+#: seconds a following backend is given to load, prove and swap in a version its alias names
+SWITCH_TIMEOUT_S = 120.0
+#: the seed of the retention team's batch of customers (05): new customers, always the same
+AT_RISK_SEED = 2024
 
 
 # ---------------------------------------------------------------------------- whose story
@@ -271,6 +284,163 @@ def stop_backends() -> int:
     return stopped
 
 
+# ---------------------------------------------------------------------------- following
+def start_following(
+    stage: str, *, poll_interval_s: float = 0.5, model_name: str = store.DEFAULT_MODEL_NAME
+) -> Backend:
+    """Start a backend that follows ``stage``'s alias (as ``churnlab serve --follow``,
+    reading the alias every ``poll_interval_s`` seconds) and wait until it answers.
+
+    Stop it with its ``stop()``; it is stopped at the latest when this process exits.
+    """
+    from churnlab.backend import Backend
+    from churnlab.follow import validate_poll_interval
+
+    seconds = validate_poll_interval(poll_interval_s, "poll_interval_s")
+    env = {"MODEL_FOLLOW": "true", "MODEL_POLL_INTERVAL": f"{seconds:g}"}
+    started = Backend(stage, model_name=model_name, env=env)
+    atexit.register(started.stop)
+    return started.start().wait_ready()
+
+
+def follow_health(backend: Backend) -> dict[str, Any]:
+    """The backend's ``/health`` answer, only the fields in :data:`FOLLOW_FIELDS`."""
+    answer = backend.health()
+    return {name: answer.get(name) for name in FOLLOW_FIELDS}
+
+
+def wait_until_serving(
+    backend: Backend, version: int, timeout: float = SWITCH_TIMEOUT_S
+) -> dict[str, Any]:
+    """Wait until a following backend serves ``version`` and its alias names it; return
+    :func:`follow_health`. Raises :class:`~churnlab.backend.BackendFailed` after
+    ``timeout`` seconds, naming what it serves instead and why."""
+    from churnlab.backend import BackendFailed
+
+    deadline = time.monotonic() + timeout
+    while True:
+        health = follow_health(backend)
+        if health["model_version"] == int(version) == health["alias_version"]:
+            return health
+        if time.monotonic() >= deadline:
+            raise BackendFailed(
+                f"the {backend.stage} backend still serves v{health['model_version']} after "
+                f"{timeout:.0f} s (@{backend.stage} names v{health['alias_version']}): "
+                f"{health['reason'] or 'no switch yet'}",
+                backend.output(),
+            )
+        time.sleep(0.1)
+
+
+def switches_table(backend: Backend) -> pd.DataFrame:
+    """Every switch a following backend made (its ``/metadata``), oldest first: from, to,
+    trigger (the times and load durations are left out: they change on every run)."""
+    import pandas as pd
+
+    response = backend.session.get(backend.url + "/metadata", timeout=10)
+    response.raise_for_status()
+    rows = [
+        {"from": f"v{s['from']}", "to": f"v{s['to']}", "trigger": s["trigger"]}
+        for s in response.json().get("switches") or []
+    ]
+    return pd.DataFrame(rows, columns=["from", "to", "trigger"])
+
+
+# ---------------------------------------------------------------------------- four eyes
+@contextlib.contextmanager
+def acting_as(name: str) -> Iterator[str]:
+    """Act as another declared person inside the block (``CHURNLAB_ACTOR``), then restore
+    whoever acted before. On a server that authenticates the login decides, not this."""
+    person = str(name).strip()
+    if not person:
+        raise InputError(f"name must be a person's name, got {name!r}")
+    before = os.environ.get("CHURNLAB_ACTOR")
+    os.environ["CHURNLAB_ACTOR"] = person
+    try:
+        yield person
+    finally:
+        if before is None:
+            os.environ.pop("CHURNLAB_ACTOR", None)
+        else:
+            os.environ["CHURNLAB_ACTOR"] = before
+
+
+def approve_as(registry: Registry, person: str, version: int, reason: str) -> Approval:
+    """``person`` approves ``version`` for production (:meth:`Registry.approve`)."""
+    with acting_as(person):
+        return registry.approve(version, reason=reason)
+
+
+# ---------------------------------------------------------------------------- at risk
+@dataclass(frozen=True)
+class AtRisk:
+    """The customers most likely to churn, by the version a stage holds."""
+
+    stage: str
+    version: int
+    scorer: str  # "onnx" or "sklearn"
+    scored: int
+    rejected: int
+    customers: pd.DataFrame  # rank -> customerID, churn_probability, churn, context
+
+    def summary(self) -> str:
+        """One line: how many were scored, by what, and where the list starts and ends."""
+        found = self.customers["churn_probability"]
+        return (
+            f"Scored {self.scored:,} customers with v{self.version} ({self.scorer}, "
+            f"@{self.stage}); {self.rejected:,} rejected. The {len(self.customers)} most at "
+            f"risk: churn probability {found.iloc[0]:.4f} down to {found.iloc[-1]:.4f}."
+        )
+
+
+#: the columns shown beside each at-risk customer's score (why a caller would phone them)
+AT_RISK_CONTEXT: tuple[str, ...] = ("Contract", "tenure", "MonthlyCharges", "InternetService")
+
+
+def new_customers(rows: int, seed: int = AT_RISK_SEED) -> pd.DataFrame:
+    """``rows`` new synthetic customers in the Telco layout, the same ones on every run."""
+    from churnlab import data
+
+    return data.generate(int(rows), seed=seed)
+
+
+def top_at_risk(registry: Registry, stage: str, customers: pd.DataFrame, n: int = 100) -> AtRisk:
+    """The ``n`` customers of ``customers`` (Telco layout) most likely to churn, scored by
+    the version ``stage`` holds exactly as ``churnlab score`` scores a file (the served
+    scorer; rows the schema refuses are left out and counted).
+
+    Highest probability first, ties broken by customerID, so the list is the same on every
+    run; probabilities rounded to 4 decimals.
+    """
+    from churnlab import batch, schema
+    from churnlab.errors import Refused
+    from churnlab.registry import parse_stage
+    from churnlab.scoring import Scorer
+
+    if int(n) < 1:
+        raise InputError(f"n must be a positive number of customers, got {n!r}")
+    stage = parse_stage(stage)
+    version = registry.holder(stage)
+    if version is None:
+        raise Refused(f"{registry.model_name} has no version in {stage}: nothing to score with")
+    scorer = Scorer.from_registry(registry, version)
+    checked = batch.check_chunk(customers)
+    scores = batch.score_chunk(scorer, checked)
+    if schema.ID_COLUMN not in scores:
+        scores.insert(0, schema.ID_COLUMN, [f"row-{i}" for i in range(len(scores))])
+    kinds = {f.name: f.kind for f in schema.FEATURES}
+    for name in AT_RISK_CONTEXT:  # as the customer file has them: tenure in whole months
+        values = checked.columns[name]
+        scores[name] = values.astype("int64") if kinds[name] == "integer" else values
+    ranked = scores.sort_values(
+        [batch.PROBABILITY, schema.ID_COLUMN], ascending=[False, True], kind="mergesort"
+    ).head(int(n))
+    ranked = ranked.assign(**{batch.PROBABILITY: ranked[batch.PROBABILITY].round(4)})
+    ranked.index = range(1, len(ranked) + 1)
+    ranked.index.name = "rank"
+    return AtRisk(stage, version, scorer.kind, checked.accepted, len(checked.rejects), ranked)
+
+
 # ---------------------------------------------------------------------------- versions
 def pending_versions(registry: Registry) -> list[int]:
     """Versions whose gate verdict is still pending, oldest first (the student's own
@@ -347,20 +517,31 @@ def refusal(action: Callable[[], Any]) -> str | None:
 
 
 __all__ = [
+    "AT_RISK_SEED",
     "CANDIDATES",
+    "FOLLOW_FIELDS",
+    "AtRisk",
     "Candidate",
     "Story",
+    "acting_as",
+    "approve_as",
     "candidate_names",
     "drift_check",
     "evaluation",
     "ever_held",
+    "follow_health",
     "my_candidate",
+    "new_customers",
     "next_to_promote",
     "next_to_stage",
     "pending_versions",
     "refusal",
     "replay_gate",
+    "start_following",
     "stop_backends",
+    "switches_table",
+    "top_at_risk",
     "train_candidates",
     "train_own",
+    "wait_until_serving",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import socket
 import subprocess
@@ -165,6 +166,9 @@ def test_the_story_on_a_fresh_registry(story):
     override = story.history()[3]
     assert override.reason and override.actor == "pytest"
     assert story.status()["consistent"]
+    # 04's four eyes: one approval of v4 by a second person, no move (the history above)
+    assert [(a.actor, a.version) for a in story.approvals()] == [("reviewer", 4)]
+    assert [r["action"] for r in story.timeline()].count("approve") == 1
 
 
 @pytest.mark.slow
@@ -179,6 +183,61 @@ def test_promotion_log_line_and_refusals_are_in_the_notebooks(run):
         "refused: churn-model v1 -> Staging: gate is failed"
         in (run.executed / "02_gate.ipynb").read_text()
     )
+
+
+def _stdout(path, needle: str) -> str:
+    """The printed output of the one code cell whose source contains ``needle``."""
+    [cell] = [c for c in code_cells(path) if needle in c.source]
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+@pytest.mark.slow
+def test_04_production_follows_the_alias_and_four_eyes_refuses_then_records(run):
+    path = run.executed / "04_promote.ipynb"
+    follow = ("alias_version", "following", "model_version", "reason")
+    started = json.loads(_stdout(path, "workbook.start_following("))
+    assert list(started) == list(follow), "only the fields two runs share"
+    assert started == {"alias_version": 2, "following": True, "model_version": 2, "reason": None}
+    after_override = json.loads(_stdout(path, "wait_until_serving(following, hotfix)"))
+    assert after_override["model_version"] == after_override["alias_version"] == 4
+    [switches] = [
+        o.data["text/plain"]
+        for c in code_cells(path)
+        if "switches_table" in c.source
+        for o in c.outputs
+        if o.output_type == "display_data"
+    ]
+    assert switches.split() == "from to trigger 0 v2 v4 poll 1 v4 v2 poll".split()
+    eyes = _stdout(path, "production_approvals=1")
+    assert "refused: churn-model v4 -> Production: needs 1 approval(s) of v4" in eyes
+    assert "refused: pytest may not approve churn-model v4: pytest registered it" in eyes
+    assert "approved v4 for production by reviewer" in eyes
+
+
+@pytest.mark.slow
+def test_05_lists_the_customers_most_at_risk_as_production_scores_them(run, story):
+    path = run.executed / "05_verify.ipynb"
+    printed = _stdout(path, "workbook.top_at_risk(")
+    again = workbook.top_at_risk(story, PRODUCTION, workbook.new_customers(10_000), n=100)
+    assert printed.strip() == again.summary()
+    assert again.version == 3 and again.scored == 10_000 and len(again.customers) == 100
+    found = again.customers["churn_probability"]
+    assert found.is_monotonic_decreasing and again.customers["customerID"].is_unique
+
+
+def test_acting_as_declares_another_person_and_restores_the_one_before(monkeypatch):
+    from churnlab.registry import actor
+
+    monkeypatch.setenv("CHURNLAB_ACTOR", "alice")
+    with workbook.acting_as(" carol ") as person:
+        assert person == actor() == "carol"
+    assert actor() == "alice"
+    monkeypatch.delenv("CHURNLAB_ACTOR")
+    with pytest.raises(RuntimeError), workbook.acting_as("carol"):
+        raise RuntimeError("restored on the way out too")
+    assert "CHURNLAB_ACTOR" not in os.environ
+    with pytest.raises(InputError, match="name must be"), workbook.acting_as("  "):
+        pass
 
 
 @pytest.mark.slow
