@@ -162,9 +162,13 @@ def free_port() -> int:
 
 
 class Postgres:
-    """A private PostgreSQL cluster in ``folder`` on 127.0.0.1 (run as ``postgres`` by root)."""
+    """A private PostgreSQL cluster in ``folder`` on 127.0.0.1 (run as ``postgres`` by root).
 
-    def __init__(self, folder: Path) -> None:
+    ``durable=False`` turns fsync off: for throw-away clusters (the tests), never a class's.
+    The tests use this class too (one implementation of "a private cluster").
+    """
+
+    def __init__(self, folder: Path, *, durable: bool = True) -> None:
         self.bin = postgres_bin()
         if self.bin is None:
             raise InputError(
@@ -176,6 +180,7 @@ class Postgres:
         port_file = self.folder / "port"
         self.port = int(port_file.read_text()) if port_file.exists() else free_port()
         self.user = "postgres" if os.geteuid() == 0 else None
+        self.durable = durable
 
     def _run(self, *cmd: str) -> subprocess.CompletedProcess:
         prefix: list[str] = []
@@ -204,6 +209,8 @@ class Postgres:
                 raise ChurnlabError(f"initdb failed: {done.stderr.strip()[-500:]}")
         (self.folder / "port").write_text(str(self.port))
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"
+        if not self.durable:
+            options += " -c fsync=off"
         done = self._run(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -218,12 +225,15 @@ class Postgres:
             "start",
         )
         if done.returncode:
-            raise ChurnlabError(f"PostgreSQL did not start: {done.stderr.strip()[-500:]}")
+            log = self.folder / "postgres.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            reason = " | ".join([done.stderr.strip()[-300:], *tail]).strip(" |")
+            raise ChurnlabError(f"PostgreSQL did not start: {reason} (log: {log})")
         return self
 
     def database(self, name: str) -> str:
         """Create database ``name`` unless it exists; return its SQLAlchemy URI."""
-        self._run(
+        done = self._run(
             str(self.bin / "createdb"),
             "-h",
             "127.0.0.1",
@@ -232,11 +242,42 @@ class Postgres:
             "-U",
             "postgres",
             name,
-        )  # fails harmlessly when it exists
+        )
+        if done.returncode and "already exists" not in done.stderr:
+            raise ChurnlabError(f"createdb {name} failed: {done.stderr.strip()[-300:]}")
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
+
+
+def check_database(uri: str, what: str) -> None:
+    """Connect to ``uri`` once, so that a database the server could not use fails now, in one
+    line (``mlflow server`` itself would retry for minutes with tracebacks in its log).
+
+    A URI that names no usable database is :class:`InputError` (exit 2); a database that
+    does not answer or refuses the login is :class:`RegistryUnavailable` (exit 3).
+    """
+    from sqlalchemy import create_engine
+
+    shown = store.redact(uri)
+    options = {"connect_args": {"connect_timeout": 5}} if uri.startswith("postgres") else {}
+    try:
+        engine = create_engine(uri, **options)
+    except Exception as exc:  # a malformed URI, an unknown dialect, a missing driver
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"the {what} {shown} is not a database URI: {reason}") from None
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:
+        cause = getattr(exc, "orig", None) or exc
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise RegistryUnavailable(
+            f"the class server cannot use its {what} {shown}: {store.redact(reason)}"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------------------- the server
@@ -250,12 +291,14 @@ class ClassServer:
         host: str = "127.0.0.1",
         port: int = 5000,
         backend_store_uri: str | None = None,
+        auth_database_uri: str | None = None,
         allowed_hosts: str | None = None,
         workers: int = 2,
     ) -> None:
         self.layout = Layout(Path(folder).resolve())
         self.host, self.port, self.workers = host, port, workers
         self.backend_store_uri = backend_store_uri
+        self.auth_database_uri = auth_database_uri
         self.allowed_hosts = allowed_hosts
         self.postgres: Postgres | None = None
         self.proc: subprocess.Popen | None = None
@@ -289,17 +332,21 @@ class ClassServer:
         return cmd
 
     def start(self, timeout: float = 180.0) -> ClassServer:
-        """Start PostgreSQL (unless a backend was given) and the server; wait for /health."""
+        """Start PostgreSQL (unless both databases were given) and the server; wait for
+        /health. Each database is tried first: one that cannot be used fails in one line."""
         layout = self.layout
         layout.folder.mkdir(parents=True, exist_ok=True)
-        if self.backend_store_uri:
-            backend = self.backend_store_uri
-            auth_db = f"sqlite:///{layout.auth / 'basic_auth.db'}"
-        else:
-            self.postgres = Postgres(postgres_folder(layout.folder)).start()
-            backend = self.postgres.database("mlflow")
-            auth_db = self.postgres.database("mlflow_auth")
+        backend, auth_db = self.backend_store_uri, self.auth_database_uri
+        if not (backend and auth_db):
+            if backend:  # the registry in your database, the logins beside the ini
+                auth_db = auth_db or f"sqlite:///{layout.auth / 'basic_auth.db'}"
+            else:
+                self.postgres = Postgres(postgres_folder(layout.folder)).start()
+                backend = self.postgres.database("mlflow")
+                auth_db = auth_db or self.postgres.database("mlflow_auth")
         write_auth_config(layout, auth_db)
+        check_database(backend, "registry database (--backend-store-uri)")
+        check_database(auth_db, "auth database (--auth-database-uri)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
         env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)  # the ini decides, not a stray variable
         env.update(
@@ -324,7 +371,7 @@ class ClassServer:
                 self.stop()
                 tail = layout.log.read_text(errors="replace").strip().splitlines()[-3:]
                 raise RegistryUnavailable(
-                    f"the class server exited at start: {' | '.join(tail)[-600:]} "
+                    f"the class server exited at start: {store.redact(' | '.join(tail))[-600:]} "
                     f"(log: {layout.log})"
                 )
             if self.healthy():
@@ -387,6 +434,7 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 5000,
     backend_store_uri: str | None = None,
+    auth_database_uri: str | None = None,
     allowed_hosts: str | None = None,
 ) -> int:
     """``churnlab class-server``: run the class server until Ctrl-C or SIGTERM."""
@@ -395,6 +443,7 @@ def serve(
         host=host,
         port=port,
         backend_store_uri=backend_store_uri,
+        auth_database_uri=auth_database_uri,
         allowed_hosts=allowed_hosts,
     )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,6 +169,7 @@ def cmd_class_server(args) -> int:
         host=args.host,
         port=args.port,
         backend_store_uri=args.backend_store_uri,
+        auth_database_uri=args.auth_database_uri,
         allowed_hosts=args.allowed_hosts,
     )
 
@@ -444,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend-store-uri",
         help="an existing database (default: a private PostgreSQL cluster in the folder)",
     )
+    p.add_argument(
+        "--auth-database-uri",
+        help="the logins' database (default: beside the registry's, or auth/basic_auth.db)",
+    )
     p.add_argument("--allowed-hosts", help="host names students use, e.g. mlflow.school.org")
     p.set_defaults(func=cmd_class_server)
 
@@ -622,11 +626,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # an MLflow or network failure we did not foresee
         first = _first_line(exc)
-        status = store.http_status(exc)
-        if status in (401, 403):  # refused by the server outside the registry's own calls
-            err = store.login_refused() if status == 401 else _denied(args, exc)
-            print(f"churnlab: {err}", file=sys.stderr)
-            return err.exit_code
+        # refused or failing outside the registry's own calls: a login, a 403, a 5xx
+        known = store.failure(exc)
+        if known is None and store.http_status(exc) == 403:
+            known = store.refusal(exc, getattr(args, "model", store.DEFAULT_MODEL_NAME))
+        if known is not None:
+            print(f"churnlab: {store.redact(str(known))}", file=sys.stderr)
+            return known.exit_code
         if _looks_unreachable(exc):
             err: ChurnlabError = RegistryUnavailable(
                 f"cannot reach the MLflow tracking server at {store.display_uri()}"
@@ -635,17 +641,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return err.exit_code
         print(f"churnlab: {type(exc).__name__}: {store.redact(first)}", file=sys.stderr)
         return 3
-
-
-def _denied(args, exc: BaseException) -> ChurnlabError:
-    from churnlab.errors import PermissionDenied
-
-    who = store.login_name() or "you"
-    endpoint = re.search(r"endpoint (\S+)", str(exc))
-    where = f" ({endpoint.group(1)})" if endpoint else ""
-    return PermissionDenied(
-        f"permission denied: {who} may not {args.command} with {args.model}{where}"
-    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -22,13 +22,15 @@ class Refused(ChurnlabError):
 
 
 class RegistryUnavailable(ChurnlabError):
-    """The tracking server could not be reached or answered with an error (exit 3)."""
+    """The tracking server could not be reached or failed (a 5xx: on a class server, its auth
+    app without its database), or a database the class server needs cannot be used (exit 3)."""
 
     exit_code = 3
 
 
 class PermissionDenied(ChurnlabError):
-    """The server refused who is asking: a wrong login (401) or a missing permission (403)
-    (exit 4). Nothing was written: the refused request is the first write of its step."""
+    """The server refused who is asking: a wrong, changed or deleted login (401) or a missing
+    permission (403) (exit 4). Nothing was written: the refused request is the first write of
+    its step."""
 
     exit_code = 4

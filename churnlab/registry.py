@@ -25,7 +25,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,7 +136,11 @@ def parse_stage(text: str) -> str:
 
 @dataclass(frozen=True)
 class Evidence:
-    """What a version carries: its run, verdicts, checks, data digests and metrics."""
+    """What a version carries: its run, verdicts, checks, data digests and metrics.
+
+    ``metrics``, ``params`` and ``run_tags`` come from the version's run (empty when read
+    without it).
+    """
 
     model_name: str
     version: int
@@ -144,6 +148,8 @@ class Evidence:
     description: str
     tags: dict[str, str]
     metrics: dict[str, float]
+    params: dict[str, str] = field(default_factory=dict)
+    run_tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def estimator(self) -> str | None:
@@ -200,7 +206,7 @@ class Registry:
         self.client = client or MlflowClient()
         self.production_approvals = int(production_approvals)
         self._login: str | None = None  # the server's login; "" when it names none
-        self._doing = f"change {model_name}"
+        self._doing: str | None = None  # what the calls are for (None: read the endpoint)
 
     # ------------------------------------------------------------------ who is acting
     def identity(self) -> tuple[str, str]:
@@ -211,7 +217,7 @@ class Registry:
         return (self._login, SERVER) if self._login else (actor(), DECLARED)
 
     @contextlib.contextmanager
-    def _attempt(self, what: str) -> Iterator[None]:
+    def _attempt(self, what: str | None) -> Iterator[None]:
         """Name what the calls inside are for, so that a refusal says it."""
         before, self._doing = self._doing, what
         try:
@@ -219,8 +225,12 @@ class Registry:
         finally:
             self._doing = before
 
-    def _denied(self) -> PermissionDenied:
+    def _denied(self, exc: BaseException) -> PermissionDenied:
+        """The one line for a 403: what the step was doing (:meth:`_attempt`), or else what
+        the refused endpoint does (:data:`churnlab.store.ENDPOINT_VERBS`)."""
         who = self._login or store.login_name() or actor()
+        if self._doing is None:
+            return store.refusal(exc, self.model_name, who)
         return PermissionDenied(f"permission denied: {who} may not {self._doing}")
 
     # ------------------------------------------------------------------ reading
@@ -230,12 +240,17 @@ class Registry:
 
         try:
             return fn(*args, **kwargs)
-        except MlflowException as exc:
-            status = store.http_status(exc)
-            if status == 401:
-                raise store.login_refused() from None
-            if status == 403:
-                raise self._denied() from None
+        except (MlflowException, OSError) as exc:
+            known = store.failure(exc)  # a refused or deleted login, a failing server
+            if known is not None:
+                raise known from None
+            if store.http_status(exc) == 403:
+                raise self._denied(exc) from None
+            if isinstance(exc, OSError):  # requests' errors (artifact uploads) included
+                raise RegistryUnavailable(
+                    f"cannot reach the MLflow tracking server at {store.display_uri()} "
+                    f"({type(exc).__name__})"
+                ) from None
             code = getattr(exc, "error_code", "")
             if code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
                 raise
@@ -245,16 +260,6 @@ class Registry:
                     f"cannot reach the MLflow tracking server at {store.display_uri()}"
                 ) from None
             raise
-        except OSError as exc:
-            status = store.http_status(exc)  # requests' HTTPError (artifact uploads)
-            if status == 401:
-                raise store.login_refused() from None
-            if status == 403:
-                raise self._denied() from None
-            raise RegistryUnavailable(
-                f"cannot reach the MLflow tracking server at {store.display_uri()} "
-                f"({type(exc).__name__})"
-            ) from None
 
     def model(self):
         """The registered model; a clear error when nothing was trained yet."""
@@ -273,10 +278,10 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         number = parse_version(version, self.model_name)
-        self.model()
         try:
             return self._call(self.client.get_model_version, self.model_name, str(number))
         except MlflowException:
+            self.model()  # no model at all: say so
             latest = self.latest_version()
             hint = f" (latest is {latest})" if latest else ""
             raise InputError(f"{self.model_name} has no version {number}{hint}") from None
@@ -325,9 +330,12 @@ class Registry:
         """Everything recorded on a version (one read of the version, one of its run)."""
         mv = self.version(version)
         metrics: dict[str, float] = {}
+        params: dict[str, str] = {}
+        run_tags: dict[str, str] = {}
         if with_metrics:
             run = self._call(self.client.get_run, mv.run_id)
             metrics = dict(sorted(run.data.metrics.items()))
+            params, run_tags = dict(run.data.params), dict(run.data.tags)
         return Evidence(
             model_name=self.model_name,
             version=int(mv.version),
@@ -335,6 +343,8 @@ class Registry:
             description=mv.description or "",
             tags=dict(mv.tags or {}),
             metrics=metrics,
+            params=params,
+            run_tags=run_tags,
         )
 
     def model_info(self, version: str | int):
@@ -615,6 +625,19 @@ class Registry:
                 archive_existing_versions=archive,
             )
 
+    def _holders(self) -> dict[str, int | None]:
+        """Each alias's version, from one read of the registered model."""
+        found = getattr(self.model(), "aliases", None) or {}
+        return {alias: int(found[alias]) if alias in found else None for alias in ALIASES}
+
+    def _stage_map(self) -> dict[str, list[int]]:
+        """For each alias, the versions whose legacy stage is its stage (one search)."""
+        versions = self.versions()
+        return {
+            alias: [int(v.version) for v in versions if v.current_stage == stage]
+            for alias, stage in ALIASES.items()
+        }
+
     def mirror(self, attempts: int = 5) -> None:
         """Make each legacy stage hold exactly the version its alias names.
 
@@ -622,16 +645,17 @@ class Registry:
         last alias written.
         """
         for _ in range(attempts):
-            wanted = {alias: self.holder(alias) for alias in ALIASES}
+            wanted = self._holders()
+            stages = self._stage_map()
             for alias, stage in ALIASES.items():
                 holder = wanted[alias]
-                current = self.stage_holders(alias)
-                if holder is not None and current != [holder]:
+                if holder is not None and stages[alias] != [holder]:
                     self._transition(holder, stage, archive=True)
-                for other in self.stage_holders(alias):
+                    stages = self._stage_map()
+                for other in stages[alias]:
                     if other != holder:
                         self._transition(other, "Archived", archive=False)
-            if {alias: self.holder(alias) for alias in ALIASES} == wanted:
+            if self._holders() == wanted:
                 return
 
     def _record(self, event: Event | Approval, prefix: str = tags.EVENT_PREFIX) -> None:
@@ -676,6 +700,11 @@ class Registry:
         with self._lock(), self._attempt(f"move @{alias} of {self.model_name}"):
             before = self.holder(alias)
             if before == version:
+                if self.identity()[1] == SERVER:  # a no-op still needs EDIT on the model:
+                    # setting the alias again changes nothing, and a 403 refuses it
+                    self._call(
+                        self.client.set_registered_model_alias, self.model_name, alias, str(version)
+                    )
                 event = self._event(alias, before, version, action, reason, override)
                 return Move(event, f"{self.model_name} v{version} already holds {stage}")
             # the first write: a server that refuses it (403) leaves everything as it was

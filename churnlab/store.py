@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from churnlab.errors import PermissionDenied, RegistryUnavailable
+from churnlab.errors import ChurnlabError, PermissionDenied, RegistryUnavailable
 
 DEFAULT_MODEL_NAME = "churn-model"
 EXPERIMENT_NAME = "churnlab"
@@ -221,7 +221,11 @@ def login_name() -> str | None:
 
 
 def http_status(exc: BaseException) -> int | None:
-    """The HTTP status behind an MLflow or requests error (401, 403, ...), or None."""
+    """The HTTP status behind an MLflow or requests error (401, 403, 503, ...), or None.
+
+    MLflow reports a 5xx it gave up retrying only in its message ("too many 503 error
+    responses", "failed with error code 500"): those are read from the text.
+    """
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     if isinstance(status, int):
@@ -231,18 +235,35 @@ def http_status(exc: BaseException) -> int | None:
         try:
             code = int(getter())
         except (TypeError, ValueError):
-            return None
-        return code if code in (401, 403) else None
-    return None
+            code = None
+        if code in (401, 403):
+            return code
+    found = re.search(r"too many (\d{3}) error responses|error code (\d{3})", str(exc))
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+#: what the auth app answers, in a worker that still remembers the login, for a user the
+#: admin has deleted since
+_USER_GONE = re.compile(r"User with username=\S+ not found")
+
+
+def login_gone(exc_or_text: BaseException | str) -> bool:
+    """True when the server says the logged-in user no longer exists (deleted by the admin)."""
+    return bool(_USER_GONE.search(str(exc_or_text)))
 
 
 def login_refused() -> PermissionDenied:
-    """The one line for a 401: who tried to log in where (never the password)."""
+    """The one line for a 401: who tried to log in where (never the password).
+
+    A wrong password, an unknown user, and a login the admin changed or deleted since (the
+    "expired session" of a server that has no sessions) all look the same to the server.
+    """
     who = login_name()
     if who:
         return PermissionDenied(
-            f"login refused by {display_uri()}: wrong user name or password for {who} "
-            "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+            f"login refused by {display_uri()}: wrong user name or password for {who}, or the "
+            "admin changed or removed that login (MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD)"
         )
     return PermissionDenied(
         f"login refused by {display_uri()}: the server asks for a login; set "
@@ -250,13 +271,97 @@ def login_refused() -> PermissionDenied:
     )
 
 
+def server_failed(status: int) -> RegistryUnavailable:
+    """The one line for a 5xx: the server is up but failed (on a class server, typically its
+    auth app, which cannot reach its database)."""
+    who = f" (login {login_name()})" if login_name() else ""
+    return RegistryUnavailable(
+        f"the MLflow tracking server at {display_uri()} failed with HTTP {status}{who}: it is "
+        "up, but its auth app or a database behind it is not working; tell whoever runs the "
+        "server (its log says why)"
+    )
+
+
+def failure(exc: BaseException) -> ChurnlabError | None:
+    """The churnlab error for a login refused, a deleted login or a failing server, or None."""
+    status = http_status(exc)
+    if status == 401 or login_gone(exc):
+        return login_refused()
+    if status is not None and status >= 500:
+        return server_failed(status)
+    return None
+
+
+# ---------------------------------------------------------------------------- refusals
+#: What each MLflow REST endpoint does, in words: the first prefix that matches the path
+#: after ``/api/<version>/mlflow/`` names what a refused (403) request tried to do.
+ENDPOINT_VERBS: tuple[tuple[str, str], ...] = (
+    ("registered-models/alias", "move an alias of {model}"),
+    ("registered-models/create", "create {model}"),
+    ("registered-models/set-tag", "write the history of {model}"),
+    ("registered-models/delete-tag", "write the history of {model}"),
+    ("registered-models/delete", "delete {model}"),
+    ("registered-models/rename", "rename {model}"),
+    ("registered-models/update", "change {model}"),
+    ("registered-models/permissions", "change who may use {model}"),
+    ("registered-models", "read {model}"),
+    ("model-versions/create", "register a version of {model}"),
+    ("model-versions/transition-stage", "move a stage of {model}"),
+    ("model-versions/set-tag", "record evidence on a version of {model}"),
+    ("model-versions/delete-tag", "record evidence on a version of {model}"),
+    ("model-versions/delete", "delete a version of {model}"),
+    ("model-versions/update", "change a version of {model}"),
+    ("model-versions", "read {model}"),
+    ("experiments/create", "create experiment {experiment}"),
+    ("experiments/get", "read experiment {experiment}"),
+    ("experiments/search", "read experiment {experiment}"),
+    ("experiments", "change experiment {experiment}"),
+    ("runs/create", "start a run in experiment {experiment}"),
+    ("runs/get", "read a run of experiment {experiment}"),
+    ("runs/search", "read a run of experiment {experiment}"),
+    ("runs", "log to a run of experiment {experiment}"),
+    ("logged-models", "log a model to experiment {experiment}"),
+    ("artifacts", "read the artifacts of experiment {experiment}"),
+    ("users", "manage logins"),
+    ("permissions", "manage permissions"),
+)
+_ENDPOINT = re.compile(r"/(?:ajax-)?api/\d\.\d/(?:mlflow-artifacts|mlflow)/([\w\-/.%]*)")
+
+
+def endpoint_verb(endpoint: str, model: str, method: str | None = None) -> str:
+    """What a request to ``endpoint`` does, in words (``move an alias of churn-model-bob``)."""
+    found = _ENDPOINT.search(endpoint)
+    path = found.group(1) if found else endpoint.lstrip("/")
+    if "mlflow-artifacts" in endpoint and (method or "PUT").upper() != "GET":
+        verb = "upload artifacts to experiment {experiment}"
+    else:
+        verb = next((v for prefix, v in ENDPOINT_VERBS if path.startswith(prefix)), None)
+        verb = verb or f"call {endpoint} on {{model}}"
+    return verb.format(model=model, experiment=experiment_name())
+
+
+def refusal(exc: BaseException, model: str, who: str | None = None) -> PermissionDenied:
+    """The one line for a 403: who may not do what (from :data:`ENDPOINT_VERBS`) to which
+    model or experiment."""
+    who = who or login_name() or "you"
+    response = getattr(exc, "response", None)
+    request = getattr(response, "request", None)
+    url = getattr(request, "url", None) or getattr(response, "url", None) or str(exc)
+    found = _ENDPOINT.search(str(url))
+    if found is None:
+        return PermissionDenied(f"permission denied: {who} may not change {model}")
+    verb = endpoint_verb(found.group(0), model, getattr(request, "method", None))
+    return PermissionDenied(f"permission denied: {who} may not {verb}")
+
+
 def authenticated_user(timeout: float = 5.0) -> str | None:
     """The user the tracking server authenticated, or None when it does not say.
 
     Asks the basic-auth app's ``GET /api/2.0/mlflow/users/current`` with MLflow's own
     credentials (username/password or token). A server without the auth app (404), an
-    embedded store or DagsHub gives None: the actor is then only declared. A 401 is a
-    wrong login: :class:`PermissionDenied`.
+    embedded store or DagsHub gives None: the actor is then only declared. A 401 (or a
+    login the admin deleted) is :class:`PermissionDenied`; a 5xx, an auth app that cannot
+    reach its database, is :class:`RegistryUnavailable`.
     """
     uri = tracking_uri()
     if urlsplit(uri).scheme not in ("http", "https") or not login_name():
@@ -273,11 +378,14 @@ def authenticated_user(timeout: float = 5.0) -> str | None:
             timeout=timeout,
         )
     except Exception as exc:  # network trouble: let the next real request report it
-        if http_status(exc) == 401:
-            raise login_refused() from None
+        known = failure(exc)
+        if known is not None:
+            raise known from None
         return None
-    if response.status_code == 401:
+    if response.status_code == 401 or login_gone(response.text):
         raise login_refused()
+    if response.status_code >= 500:
+        raise server_failed(response.status_code)
     if response.status_code != 200:
         return None
     try:

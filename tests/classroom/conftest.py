@@ -15,12 +15,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
-from support import CHURNLAB, cli, free_port, postgres_bin
+from support import CHURNLAB, cli, free_port
 
 from churnlab import classroom, store
 
@@ -34,6 +34,8 @@ class Class:
     proc: subprocess.Popen
     passwords: dict[str, str]
     add_output: str
+    #: every student command's stdout and stderr, for the secrets test
+    outputs: list[str] = field(default_factory=list)
 
     def env(self, user: str, password: str | None = None, **extra: str) -> dict[str, str]:
         """What a student exports (plus a lying CHURNLAB_ACTOR: the server must win)."""
@@ -49,7 +51,15 @@ class Class:
     def churnlab(self, user: str, *args: str, model: str | None = None, **extra: str):
         """Run the real CLI as ``user`` on ``churn-model-<user>`` (or ``model``)."""
         model = model or classroom.model_for(user)
-        return cli("--model", model, *args, env=self.env(user, **extra), timeout=600)
+        done = cli("--model", model, *args, env=self.env(user, **extra), timeout=600)
+        self.outputs += [done.stdout, done.stderr]
+        return done
+
+    def admin(self):
+        """A requests session logged in as the server's admin (from the ini, never shown)."""
+        session = requests.Session()
+        session.auth = classroom.admin_credentials(classroom.Layout(self.folder))
+        return session
 
     def add_students(self, csv_text: str, *args: str) -> subprocess.CompletedProcess:
         path = self.folder.parent / f"students-{time.time_ns()}.csv"
@@ -105,7 +115,7 @@ def _pids_with(text: str) -> list[int]:
 @pytest.fixture(scope="package")
 def class_server(tmp_path_factory):
     """`churnlab class-server` on a free port, its students added by the tests."""
-    if postgres_bin() is None:
+    if classroom.postgres_bin() is None:
         reason = "PostgreSQL server binaries not found (Debian's postgresql package)"
         if os.environ.get("CI"):
             pytest.fail(reason + " (CI must run the class tests)")

@@ -8,10 +8,13 @@ alice trains a candidate; bob gets a copy of it as his own v1; carol reviews ali
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
 import stat
+import time
+from pathlib import Path
 
 import pytest
 from support import cli, remote_env
@@ -178,6 +181,70 @@ def test_an_out_of_band_move_is_detected_and_restored(klass):
     assert last["actor"] == ALICE and "outside churnlab" in last["reason"]
 
 
+def test_a_move_that_would_change_nothing_still_needs_edit(klass):
+    """Production already holds v1: the owner's promote is a no-op, anyone else's a refusal."""
+    before = state(klass, ALICE)
+    assert before["aliases"]["production"] == "1"
+    done = klass.churnlab(
+        BOB, "promote", "1", "--override", "--reason", "no-op", model="churn-model-alice"
+    )
+    assert (done.returncode, done.stdout) == (4, ""), done.stderr
+    assert done.stderr == (
+        "churnlab: permission denied: bob may not move @production of churn-model-alice\n"
+    )
+    assert state(klass, ALICE) == before
+    out = ok(klass.churnlab(ALICE, "promote", "1"))
+    assert out == "churn-model-alice v1 already holds Production\n"
+
+
+def test_a_refusal_outside_the_registry_names_what_was_tried(klass):
+    """alice trains into bob's experiment: MLflow's own run logging is refused (403)."""
+    done = klass.churnlab(
+        ALICE, "train", "--rows", "300", CHURNLAB_EXPERIMENT=classroom.experiment_for(BOB)
+    )
+    assert (done.returncode, done.stdout) == (4, ""), done.stderr
+    assert done.stderr == (
+        "churnlab: permission denied: alice may not start a run in experiment churnlab-bob\n"
+    )
+
+
+def test_a_login_the_admin_removed_or_changed_is_one_clear_line(klass):
+    """Basic auth has no session to expire; a login the admin deletes or whose password the
+    admin changes after the student logged in is its "expired session"."""
+    klass.add_students("username\ndave\nerin\n")
+    alice = classroom.model_for(ALICE)
+    for user in ("dave", "erin"):  # logged in and working
+        ok(klass.churnlab(user, "history", model=alice))
+    admin = klass.admin()
+    api = f"{klass.url}/api/2.0/mlflow/users"
+    assert admin.delete(f"{api}/delete", json={"username": "dave"}).status_code == 200
+    changed = {"username": "erin", "password": "changed-by-the-teacher-42"}
+    assert admin.patch(f"{api}/update-password", json=changed).status_code == 200
+
+    def line(user: str) -> str:
+        return (
+            f"churnlab: login refused by {klass.url}: wrong user name or password for {user}, "
+            "or the admin changed or removed that login (MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD)\n"
+        )
+
+    # deleted: refused at once, even by a server worker that still remembers the login
+    for args in (("status",), ("history",), ("promote", "1", "--override", "--reason", "x")):
+        done = klass.churnlab("dave", *args, model=alice)
+        assert (done.returncode, done.stdout, done.stderr) == (4, "", line("dave")), args
+    # changed: a worker may accept the old password for up to auth_cache_ttl_seconds (60)
+    deadline = time.monotonic() + 90
+    while True:
+        done = klass.churnlab("erin", "status", model=alice)
+        if done.returncode != 0:
+            break
+        assert time.monotonic() < deadline, "the old password still works after 90 s"
+        time.sleep(3)
+    assert (done.returncode, done.stdout, done.stderr) == (4, "", line("erin"))
+    for out in klass.outputs:
+        assert klass.passwords["dave"] not in out and klass.passwords["erin"] not in out
+
+
 def test_a_wrong_password_or_unknown_user_is_one_clear_line(klass):
     wrong = "not-the-password-4711"
     for user in (ALICE, "nobody"):
@@ -185,32 +252,75 @@ def test_a_wrong_password_or_unknown_user_is_one_clear_line(klass):
         done = cli("--model", "churn-model-alice", "status", env=env)
         assert done.returncode == 4, (done.stdout, done.stderr)
         assert done.stderr == (
-            f"churnlab: login refused by {klass.url}: wrong user name or password for {user} "
-            "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)\n"
+            f"churnlab: login refused by {klass.url}: wrong user name or password for {user}, "
+            "or the admin changed or removed that login (MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD)\n"
         )
         assert wrong not in done.stdout + done.stderr
 
 
+def forms(user: str, password: str) -> list[bytes]:
+    """A password as text, and as it travels in a Basic auth header."""
+    return [password.encode(), base64.b64encode(f"{user}:{password}".encode())]
+
+
+def files_containing(folder: Path, needles: list[bytes], skip: tuple[Path, ...] = ()) -> list[str]:
+    hits = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not path.is_symlink() and path not in skip:
+            with contextlib.suppress(OSError):
+                raw = path.read_bytes()
+                hits += [str(path) for needle in needles if needle in raw]
+    return hits
+
+
+def registry_texts(klass) -> list[str]:
+    """Every model's and version's tags (history, approvals, evidence), every run's tags and
+    parameters and every dataset source, as the admin reads them."""
+    from mlflow.tracking import MlflowClient
+
+    user, password = classroom.admin_credentials(classroom.Layout(klass.folder))
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    creds = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    texts: list[str] = []
+    with remote_env(klass.url, **creds), quiet[0], quiet[1]:
+        client = MlflowClient()
+        for model in client.search_registered_models():
+            texts += [model.name, model.description or "", json.dumps(model.tags)]
+            for mv in client.search_model_versions(f"name='{model.name}'"):
+                full = client.get_model_version(mv.name, mv.version)
+                texts += [full.source or "", json.dumps(full.tags)]
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id]):
+                texts += [json.dumps(run.data.tags), json.dumps(run.data.params)]
+                texts += [d.dataset.source for d in (run.inputs.dataset_inputs or [])]
+    return texts
+
+
 def test_no_password_is_kept_anywhere_but_the_teachers_screen(klass):
-    secrets = [klass.passwords[u] for u in (ALICE, BOB, CAROL)]
-    assert all(s in klass.add_output for s in secrets)  # shown to the teacher, once
-    admin_password = classroom.admin_credentials(classroom.Layout(klass.folder))[1]
-    secrets.append(admin_password)
-    ini = classroom.Layout(klass.folder).ini
-    assert stat.S_IMODE(ini.stat().st_mode) == 0o600
-    assert stat.S_IMODE(ini.parent.stat().st_mode) == 0o700
-    # the server's command lines, its log and PostgreSQL's log
-    texts = [
-        (f"/proc/{pid}/cmdline", open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace"))
-        for pid in klass.server_pids()
-    ]
-    assert texts, "no server process found"
-    for path in klass.folder.rglob("*.log"):
-        texts.append((str(path), path.read_text(errors="replace")))
-    # every tag of every model and version, as an admin would read them
-    for user in (ALICE, BOB):
-        found = state(klass, user)
-        texts.append((user, json.dumps(found)))
-    for where, text in texts:
-        for secret in secrets:
-            assert secret not in text, where
+    layout = classroom.Layout(klass.folder)
+    admin = classroom.admin_credentials(layout)
+    logins = [(u, p) for u, p in klass.passwords.items() if u in (ALICE, BOB, CAROL)] + [admin]
+    assert all(p in klass.add_output for u, p in logins[:3])  # shown to the teacher, once
+    needles = [form for login in logins for form in forms(*login)]
+    assert stat.S_IMODE(layout.ini.stat().st_mode) == 0o600
+    assert stat.S_IMODE(layout.ini.parent.stat().st_mode) == 0o700
+
+    # every student command's output (history and status included) and the server command's
+    assert len(klass.outputs) > 20
+    outputs = [*klass.outputs, (klass.folder.parent / "class-server.out").read_text()]
+    assert [o for o in outputs for n in needles if n.decode() in o] == []
+    # the server's command lines and environment-free files: its log, the artifacts, the
+    # auth folder but the ini (the admin's password lives there, 0600), PostgreSQL's
+    # cluster (its data and log)
+    cmdlines = [open(f"/proc/{pid}/cmdline", "rb").read() for pid in klass.server_pids()]
+    assert cmdlines, "no server process found"
+    assert [c for c in cmdlines for n in needles if n in c] == []
+    assert (klass.folder / "mlflow-server.log").stat().st_size > 0
+    assert any((klass.folder / "artifacts").rglob("MLmodel"))  # the students' models
+    assert files_containing(klass.folder, needles, skip=(layout.ini,)) == []
+    assert files_containing(classroom.postgres_folder(klass.folder), needles) == []
+    # every tag (history, approvals, evidence), parameter and dataset source on the server
+    texts = registry_texts(klass)
+    assert any(tags.EVENT_PREFIX in t for t in texts) and len(texts) > 20
+    assert [t for t in texts for n in needles if n.decode() in t] == []

@@ -158,12 +158,12 @@ def test_a_refusal_by_the_server_exits_4_with_one_line(registry, capsys, monkeyp
         )
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("CHURNLAB_EXPERIMENT", "churnlab-bob")
     monkeypatch.setattr(Registry, "status", refused)
     assert cli.main(["--model", "churn-model", "status"]) == 4
-    err = capsys.readouterr().err
-    assert err == (
-        "churnlab: permission denied: alice may not status with churn-model "
-        "(/api/2.0/mlflow/runs/create)\n"
+    err = capsys.readouterr().err  # the endpoint's verb (churnlab.store.ENDPOINT_VERBS)
+    assert (
+        err == "churnlab: permission denied: alice may not start a run in experiment churnlab-bob\n"
     )
 
     def unauthenticated(*args, **kwargs):

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
-from support import (
-    MlflowServer,
-    PostgresCluster,
-    cli,
-    postgres_bin,
-    remote_env,
-    start_cli,
-)
+from support import MlflowServer, cli, remote_env, start_cli
+
+from churnlab.classroom import Postgres, postgres_bin
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-server")]
 
@@ -38,17 +36,19 @@ def shared(tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(reason + " (CI must run this test)")
         pytest.skip(reason)
-    cluster = PostgresCluster()
+    # its own folder right under /tmp: the postgres user cannot enter pytest's (0700)
+    cluster = Postgres(Path(tempfile.mkdtemp(prefix="churnlab-pg-")), durable=False)
     server = None
     try:
         cluster.start()
-        uri = cluster.createdb("mlflow")
+        uri = cluster.database("mlflow")
         server = MlflowServer(uri, tmp_path_factory.mktemp("shared-server")).start()
         yield {"server": server, "cluster": cluster, "db": uri}
     finally:
         if server is not None:
             server.stop()
         cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
 
 
 def as_user(shared, who: str) -> dict[str, str]:
