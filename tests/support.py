@@ -86,6 +86,21 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     )
 
 
+def prove_parity(registry, version: int) -> None:
+    """Run the gate's ONNX parity check on ``version`` and record it as the gate does."""
+    from churnlab import gate, tags
+
+    check = gate.check_onnx_parity(
+        registry,
+        version,
+        registry.load_model(version),
+        registry.snapshot(version),
+        gate.Policy.load(),
+    )
+    assert check.status == "pass", check
+    registry.set_version_tags(version, {tags.ONNX_PARITY: "pass"})
+
+
 # ---------------------------------------------------------------------------- real servers
 BIN = Path(sys.executable).parent
 CHURNLAB = str(BIN / "churnlab")

@@ -9,27 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import prove_parity
 
 from churnlab import batch, data, schema
 from churnlab.cli import main
 from churnlab.errors import InputError
 from churnlab.scoring import Scorer
-from churnlab.tags import ONNX_PARITY
-
-
-def prove_parity(registry, version: int) -> None:
-    """Run the gate's ONNX parity check and record it as the gate does (the scorer reads it)."""
-    from churnlab import gate
-
-    check = gate.check_onnx_parity(
-        registry,
-        version,
-        registry.load_model(version),
-        registry.snapshot(version),
-        gate.Policy.load(),
-    )
-    assert check.status == "pass", check
-    registry.set_version_tags(version, {ONNX_PARITY: "pass"})
 
 
 @pytest.fixture

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import prove_parity
 
 from churnlab import data, onnx_export, schema, tags
 from churnlab.errors import InputError
 from churnlab.scoring import Scorer, columns_to_inputs, records_to_inputs
-from churnlab.tags import ONNX_PARITY as PARITY_TAG
 
 
 def records(frame, with_id: bool = True) -> list[dict]:
@@ -19,21 +19,6 @@ def records(frame, with_id: bool = True) -> list[dict]:
 def columns(frame, with_id: bool = True) -> dict[str, list]:
     """The same customers as :func:`records`, one list per feature (as JSON would bring them)."""
     return {name: [r[name] for r in records(frame, with_id)] for name in records(frame, with_id)[0]}
-
-
-def prove_parity(registry, version: int) -> None:
-    """Run the gate's parity check and record it the way the gate does."""
-    from churnlab import gate
-
-    check = gate.check_onnx_parity(
-        registry,
-        version,
-        registry.load_model(version),
-        registry.snapshot(version),
-        gate.Policy.load(),
-    )
-    assert check.status == "pass", check
-    registry.client.set_model_version_tag(registry.model_name, str(version), PARITY_TAG, "pass")
 
 
 @pytest.fixture
