@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from churnlab.backend import memory_kb
 from churnlab.schema import EXAMPLE_RECORD
 
 CONNECTIONS = 8
@@ -49,10 +50,10 @@ WEBHOOK_EVENTS = ["model_version_alias.created", "model_version_alias.deleted"]
 
 def rss_mb(pid: int) -> float:
     """A process's resident memory now (VmRSS), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    kb = memory_kb(pid)
+    if kb is None:
+        raise RuntimeError(f"no VmRSS for process {pid}")
+    return round(kb / 1024, 1)
 
 
 def wrk_figures(out: str) -> dict[str, Any]:

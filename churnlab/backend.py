@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -66,16 +67,40 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """The process's peak resident memory (VmHWM) in MB, or None where /proc is absent."""
+def memory_kb(pid: int, field: str = "VmRSS") -> int | None:
+    """A memory figure of the process from ``/proc/<pid>/status`` (``VmRSS`` now, ``VmHWM``
+    its peak), in kB; None where the process or /proc is absent."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (VmHWM) in MB, or None where /proc is absent."""
+    kb = memory_kb(pid, "VmHWM")
+    return None if kb is None else round(kb / 1024, 1)
+
+
+def end_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process's group, then SIGKILL it if it has not ended within ``grace`` s.
+
+    For a process started with ``start_new_session=True`` (its own process group).
+    """
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
 
 
 class Backend:

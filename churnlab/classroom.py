@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from churnlab import store, tags
+from churnlab.backend import end_group, memory_kb
 from churnlab.errors import ChurnlabError, InputError, PermissionDenied, RegistryUnavailable
 
 ADMIN = "admin"
@@ -404,25 +405,12 @@ class ClassServer:
 
     def rss_mb(self) -> float:
         """Resident memory of all the server's processes, in MiB."""
-        total = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        return total / 1024
+        return sum(memory_kb(pid) or 0 for pid in self.pids()) / 1024
 
     def stop(self) -> None:
         """Stop the server's process group, then PostgreSQL."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=15)
+        if self.proc is not None:
+            end_group(self.proc, grace=15)
         if self.postgres is not None:
             self.postgres.stop()
             self.postgres = None

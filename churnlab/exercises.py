@@ -22,11 +22,6 @@ from churnlab import store, tags
 if TYPE_CHECKING:
     from churnlab.registry import Event, Registry
 
-OWN_TAG, STRICT_GATE_TAG, SERVED_TAG = (
-    tags.EXERCISE_OWN,
-    tags.EXERCISE_STRICT_GATE,
-    tags.EXERCISE_SERVED,
-)
 #: the exercise's first run required this accuracy; every candidate fails it
 STRICT_ACCURACY = 0.9
 
@@ -76,7 +71,7 @@ class RunningBackend:
 # ---------------------------------------------------------------------------- reading
 def is_own(version: Any) -> bool:
     """True for a model version (MLflow's object) tagged as the student's own candidate."""
-    return OWN_TAG in (getattr(version, "tags", None) or {})
+    return tags.EXERCISE_OWN in (getattr(version, "tags", None) or {})
 
 
 def own_versions(registry: Registry) -> list[int]:
@@ -173,7 +168,7 @@ def task1(registry: Registry, part: int | None = None) -> Verdict:
     )
     if part == 1:
         return _verdict("task1", True, f"{trained}; replay the gate on it in 02")
-    strict = _json_tag(evidence.tags, STRICT_GATE_TAG)
+    strict = _json_tag(evidence.tags, tags.EXERCISE_STRICT_GATE)
     if strict is None:
         return _verdict(
             "task1",
@@ -283,7 +278,7 @@ def task4(registry: Registry, live: bool = True) -> Verdict:
     """Task 4: production's backend serves the student's version; the newest one nobody.
 
     ``live``: look at the backends this process runs and record what production's
-    answered on the version (:data:`SERVED_TAG`); otherwise, and when none runs, judge the
+    answered on the version (:data:`churnlab.tags.EXERCISE_SERVED`); otherwise, and when none runs, judge the
     recorded answer against the registry as it is now.
     """
     from churnlab.registry import PRODUCTION, STAGING
@@ -316,7 +311,9 @@ def task4(registry: Registry, live: bool = True) -> Verdict:
             "newest": newest,
             "served": [h.get("model_version") for h in answers],
         }
-        registry.set_version_tags(production, {SERVED_TAG: json.dumps(record, sort_keys=True)})
+        registry.set_version_tags(
+            production, {tags.EXERCISE_SERVED: json.dumps(record, sort_keys=True)}
+        )
     elif served is not None:
         return _verdict(
             "task4",
@@ -325,7 +322,9 @@ def task4(registry: Registry, live: bool = True) -> Verdict:
             f"@production names v{production}: restart it",
         )
     else:
-        record = _json_tag(registry.evidence(production, with_metrics=False).tags, SERVED_TAG)
+        record = _json_tag(
+            registry.evidence(production, with_metrics=False).tags, tags.EXERCISE_SERVED
+        )
         if record is None:
             return _verdict(
                 "task4",
@@ -428,9 +427,6 @@ def check(
 
 
 __all__ = [
-    "OWN_TAG",
-    "SERVED_TAG",
-    "STRICT_GATE_TAG",
     "TASKS",
     "RunningBackend",
     "Verdict",

@@ -565,10 +565,15 @@ class Registry:
 
     def set_version_tags(self, version: str | int, values: dict[str, str]) -> None:
         """Set tags on a version, in the order given."""
-        number = str(int(self.version(version).version))
+        self._set_tags(int(self.version(version).version), values)
+
+    def _set_tags(self, number: int, values: dict[str, str]) -> None:
+        """Set tags on version ``number``, already read from the registry."""
         with self._attempt(f"record evidence on {self.model_name} v{number}"):
             for key, value in values.items():
-                self._call(self.client.set_model_version_tag, self.model_name, number, key, value)
+                self._call(
+                    self.client.set_model_version_tag, self.model_name, str(number), key, value
+                )
 
     def record(self, kind: str, result) -> None:
         """Record a gate or smoke ``result`` on its version; the verdict tag is written last.
@@ -581,18 +586,14 @@ class Registry:
             raise InputError(f"kind must be one of {list(tags.VERDICT_TAGS)}, got {kind!r}")
         verdict_tag, prefix = tags.VERDICT_TAGS[kind]
         mv = self.version(result.version)
+        number = int(mv.version)
         evidence = {verdict_tag: "pending"}
         evidence.update({prefix + c.name: c.status for c in result.checks})
         evidence.update({prefix + k: str(v) for k, v in result.figures().items() if v is not None})
-        self.set_version_tags(mv.version, evidence)
-        with self._attempt(f"record evidence on the run of {self.model_name} v{mv.version}"):
-            self._call(
-                self.client.log_dict,
-                mv.run_id,
-                result.to_dict(),
-                f"{kind}/v{int(mv.version)}.json",
-            )
-        self.set_version_tags(mv.version, {verdict_tag: result.verdict})
+        self._set_tags(number, evidence)
+        with self._attempt(f"record evidence on the run of {self.model_name} v{number}"):
+            self._call(self.client.log_dict, mv.run_id, result.to_dict(), f"{kind}/v{number}.json")
+        self._set_tags(number, {verdict_tag: result.verdict})
 
     # ------------------------------------------------------------------ moving
     @contextlib.contextmanager

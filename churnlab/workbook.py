@@ -227,7 +227,7 @@ def train_own(
         model_name=model_name,
     )
     Registry(model_name).set_version_tags(
-        result.model_version, {exercises.OWN_TAG: story.student or "reference"}
+        result.model_version, {tags.EXERCISE_OWN: story.student or "reference"}
     )
     return result
 
@@ -250,7 +250,7 @@ def replay_gate(registry: Registry, version: int, accuracy_min: float = 0.9) -> 
     """Run the gate on ``version`` with a stricter accuracy (the exercise's first run: 0.90).
 
     Records the verdict like any gate run, and the replay itself on the version
-    (:data:`churnlab.exercises.STRICT_GATE_TAG`), so Task 1's check can see it later.
+    (:data:`churnlab.tags.EXERCISE_STRICT_GATE`), so Task 1's check can see it later.
     """
     from churnlab import gate
     from churnlab.registry import STAGING
@@ -264,7 +264,7 @@ def replay_gate(registry: Registry, version: int, accuracy_min: float = 0.9) -> 
         "summary": result.summary(),
         "staged": registry.holder(STAGING) == int(version),
     }
-    registry.set_version_tags(version, {exercises.STRICT_GATE_TAG: json.dumps(record)})
+    registry.set_version_tags(version, {tags.EXERCISE_STRICT_GATE: json.dumps(record)})
     return result
 
 

@@ -23,6 +23,7 @@ import requests
 from support import CHURNLAB, cli, free_port
 
 from churnlab import classroom, store
+from churnlab.backend import end_group, memory_kb
 
 
 @dataclass
@@ -93,13 +94,7 @@ class Class:
         return sorted(found)
 
     def server_rss_mb(self) -> float:
-        total = 0
-        for pid in self.server_pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        return total / 1024
+        return sum(memory_kb(pid) or 0 for pid in self.server_pids()) / 1024
 
 
 def _pids_with(text: str) -> list[int]:
@@ -144,13 +139,7 @@ def class_server(tmp_path_factory):
             time.sleep(0.5)
         yield Class(url, folder, proc, {}, "")
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        end_group(proc, grace=60)
         log.close()
         for pid in _pids_with(str(folder)):  # whatever outlived the command
             with contextlib.suppress(ProcessLookupError):

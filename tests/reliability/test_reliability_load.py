@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import staged_copy
 
-from churnlab.backend import running_backend
+from churnlab.backend import memory_kb, running_backend
 from churnlab.gate import Policy, run_gate
 from churnlab.schema import EXAMPLE_RECORD
 
@@ -34,10 +34,9 @@ BODY = json.dumps({"records": [EXAMPLE_RECORD]})
 
 def rss_mb(pid: int) -> float:
     """Resident memory of a process now (VmRSS), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    kb = memory_kb(pid)
+    assert kb is not None, f"no VmRSS for process {pid}"
+    return kb / 1024
 
 
 def _unit(value: str, unit: str) -> float:
