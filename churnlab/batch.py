@@ -405,6 +405,23 @@ def _umask() -> int:
     return mask
 
 
+def served_scorer(registry: Registry, stage: str) -> Scorer:
+    """The scorer of the version ``stage`` holds, resolved once (what a backend would serve).
+
+    Refused when the stage holds nothing; a clear error when nothing was trained.
+    """
+    from churnlab.scoring import Scorer
+
+    registry.model()  # a clear error when nothing was trained
+    version = registry.holder(stage)
+    if version is None:
+        how = "churnlab stage VERSION" if stage == "staging" else "churnlab promote VERSION"
+        raise Refused(
+            f"{registry.model_name} has no version in {stage}: nothing to score with (run `{how}`)"
+        )
+    return Scorer.from_registry(registry, version)
+
+
 def score_chunk(scorer: Scorer, checked: CheckedChunk) -> pd.DataFrame:
     """The scores of a checked chunk's accepted rows: customerID (if any), probability, churn."""
     import numpy as np
@@ -477,16 +494,7 @@ def score_file(
         raise InputError(f"{source.name}: no rows to score")
 
     registry = registry or Registry()
-    registry.model()  # a clear error when nothing was trained
-    version = registry.holder(stage)
-    if version is None:
-        how = "churnlab stage VERSION" if stage == "staging" else "churnlab promote VERSION"
-        raise Refused(
-            f"{registry.model_name} has no version in {stage}: nothing to score with (run `{how}`)"
-        )
-    from churnlab.scoring import Scorer
-
-    scorer = Scorer.from_registry(registry, version)
+    scorer = served_scorer(registry, stage)
     sha256, total = digest_and_rows(source, kind)
     run = _Run.start(registry, scorer, stage, source, sha256, output, chunk_rows)
     writer = _Writer(output, rejects, with_ids=schema.ID_COLUMN in first_chunk)
@@ -503,7 +511,7 @@ def score_file(
         seconds = time.perf_counter() - started
         result = BatchResult(
             model_name=registry.model_name,
-            version=version,
+            version=scorer.version,
             run_id=scorer.run_id,
             stage=stage,
             scorer=scorer.kind,

@@ -413,17 +413,13 @@ def top_at_risk(registry: Registry, stage: str, customers: pd.DataFrame, n: int 
     run; probabilities rounded to 4 decimals.
     """
     from churnlab import batch, schema
-    from churnlab.errors import Refused
     from churnlab.registry import parse_stage
-    from churnlab.scoring import Scorer
 
     if int(n) < 1:
         raise InputError(f"n must be a positive number of customers, got {n!r}")
     stage = parse_stage(stage)
-    version = registry.holder(stage)
-    if version is None:
-        raise Refused(f"{registry.model_name} has no version in {stage}: nothing to score with")
-    scorer = Scorer.from_registry(registry, version)
+    scorer = batch.served_scorer(registry, stage)
+    version = scorer.version
     checked = batch.check_chunk(customers)
     scores = batch.score_chunk(scorer, checked)
     if schema.ID_COLUMN not in scores:
