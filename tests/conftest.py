@@ -11,7 +11,9 @@ started (``support.slow_program``).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,10 +37,28 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
 
 @pytest.fixture(scope="session")
 def template_home(tmp_path_factory) -> Path:
-    """A registry with two trained versions: v1 logistic regression, v2 random forest."""
+    """A registry with two trained versions: v1 logistic regression, v2 random forest.
+
+    Trained once for the whole run: under xdist the first worker trains it (holding a
+    lock) into the folder all workers share, and the others wait for it and read it.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    home = root / "template"
+    with open(root / "template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (home / ".trained").exists():
+            shutil.rmtree(home, ignore_errors=True)  # a run that died half-way
+            home.mkdir()
+            _train_template(home)
+            (home / ".trained").touch()
+    return home
+
+
+def _train_template(home: Path) -> None:
     from churnlab import train
 
-    home = tmp_path_factory.mktemp("template")
     old = {k: os.environ.get(k) for k in ("CHURNLAB_HOME", "MLFLOW_TRACKING_URI")}
     os.environ["CHURNLAB_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -51,7 +71,6 @@ def template_home(tmp_path_factory) -> Path:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return home
 
 
 @pytest.fixture

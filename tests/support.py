@@ -398,6 +398,9 @@ def run_workbook(
     return WorkbookOutput(folder, done.returncode, done.stdout, done.stderr)
 
 
+#: the student who runs the untouched handout (tests/exercise/conftest.py)
+UNICODE_NAME = "Zoë Ñúñez 张伟"
+
 _DEFAULT_RUN: list[WorkbookOutput] = []
 
 

@@ -22,7 +22,7 @@ import nbformat
 import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from support import ROOT, _end_group, free_port, run_cli
+from support import ROOT, UNICODE_NAME, _end_group, free_port, run_cli
 
 from churnlab import cli, handout
 from churnlab.errors import InputError, Refused
@@ -424,21 +424,18 @@ def test_make_lab_opens_the_students_notebooks(this_handout, tmp_path):
 
 
 @pytest.mark.slow
-def test_untouched_handout_runs_and_its_report_says_what_is_missing(this_handout, tmp_path):
+@pytest.mark.xdist_group("handout-run")  # the run is shared with test_work.py
+def test_untouched_handout_runs_and_its_report_says_what_is_missing(untouched_handout):
     """The student's first run: every task "not yet", every question "not answered"."""
     if "--student" not in run_cli("workbook", "--help").stdout:
         pytest.skip("churnlab workbook has no --student yet")
-    env = {
-        "PYTHONPATH": str(this_handout),  # the handout's own package, not this checkout's
-        "CHURNLAB_HOME": str(tmp_path / "home"),
-    }
-    done = run_cli("workbook", "--student", "alice", env=env, cwd=this_handout, timeout=900)
+    done = untouched_handout  # `churnlab workbook --student NAME` inside a fresh handout
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    page = (this_handout / "reports" / "workbook.html").read_text(encoding="utf-8")
+    page = (done.reports / "workbook.html").read_text(encoding="utf-8")
     assert "Traceback" not in page
-    work = json.loads((this_handout / "reports" / "workbook.json").read_text())
-    assert work["student"] == "alice"
+    work = json.loads((done.reports / "workbook.json").read_text())
+    assert work["student"] == UNICODE_NAME
     assert [t["id"] for t in work["tasks"]] == ["task1", "task2", "task3", "task4"]
     assert not [t["id"] for t in work["tasks"] if t["done"] or not t["missing"].strip()]
     assert not [q["id"] for q in work["questions"] if q["answered"]]

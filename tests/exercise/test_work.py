@@ -14,12 +14,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from support import ROOT, run_cli
+from support import UNICODE_NAME, run_cli
 
-from churnlab import data, handout, report, runner, student, work
+from churnlab import data, report, runner, student, work
 from churnlab.registry import Registry
-
-UNICODE_NAME = "Zoë Ñúñez 张伟"
 
 
 # ---------------------------------------------------------------------------- the summary
@@ -112,23 +110,10 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def handed_out(tmp_path_factory) -> runner.WorkbookRun:
-    """The student edition, untouched, run by a student with a Unicode name."""
-    folder = tmp_path_factory.mktemp("handout")
-    notebooks = folder / "notebooks"
-    notebooks.mkdir()
-    for name in runner.NOTEBOOKS:
-        teacher = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-        edition, _, _ = handout.student_notebook(teacher, name)
-        nbformat.write(edition, notebooks / f"{name}.ipynb")
-    result = runner.run_workbook(
-        parameters={"student": UNICODE_NAME},
-        output=folder / "reports",
-        notebooks=notebooks,
-        echo=lambda line: None,
-    )
-    assert result.failed is None, result.failed and result.failed.error
-    return result
+def handed_out(untouched_handout) -> runner.WorkbookRun:
+    """The student edition, untouched, run by a student with a Unicode name (conftest)."""
+    assert untouched_handout.returncode == 0, untouched_handout.stdout + untouched_handout.stderr
+    return untouched_handout.workbook_run()
 
 
 @pytest.mark.slow
@@ -160,6 +145,7 @@ def test_two_students_get_every_task_done_with_their_own_numbers(teachers):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("handout-run")
 def test_an_untouched_handout_runs_to_the_end_and_says_what_is_missing(handed_out):
     page = handed_out.report.read_text(encoding="utf-8")
     summary = work.read_work(page)
@@ -179,6 +165,7 @@ def test_an_untouched_handout_runs_to_the_end_and_says_what_is_missing(handed_ou
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("handout-run")
 def test_editing_a_check_cells_output_cannot_change_the_verdict(handed_out, tmp_path):
     for run in handed_out.runs:
         nb = nbformat.read(run.path, as_version=4)
