@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from churnlab import store
+from churnlab import runner, store
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Flags for Debian's headless Chromium on this closed network (no background fetches).
@@ -362,6 +362,18 @@ class WorkbookOutput:
     @property
     def registry_home(self) -> Path:
         return self.folder / "registry"
+
+    def as_run(self, parameters: dict) -> runner.WorkbookRun:
+        """This run as the runner describes it (to rebuild its report), all five notebooks."""
+        return runner.WorkbookRun(
+            runs=[
+                runner.NotebookRun(name, self.executed / f"{name}.ipynb", 0.0)
+                for name in runner.NOTEBOOKS
+            ],
+            report=self.report,
+            registry_label=str(self.registry_home),
+            parameters=parameters,
+        )
 
 
 #: set as the tracking password and token for the default run: it must appear nowhere

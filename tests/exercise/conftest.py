@@ -10,44 +10,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from support import CHURNLAB, UNICODE_NAME
+from support import CHURNLAB, UNICODE_NAME, WorkbookOutput
 
-from churnlab import runner, store
-
-
-@dataclass(frozen=True)
-class HandoutRun:
-    """What `churnlab workbook --student UNICODE_NAME` did inside a fresh handout."""
-
-    handout: Path
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def reports(self) -> Path:
-        return self.handout / "reports"
-
-    def workbook_run(self) -> runner.WorkbookRun:
-        """The run as the runner describes it (for rebuilding its report)."""
-        return runner.WorkbookRun(
-            runs=[
-                runner.NotebookRun(name, self.reports / "executed" / f"{name}.ipynb", 0.0)
-                for name in runner.NOTEBOOKS
-            ],
-            report=self.reports / "workbook.html",
-            registry_label=str(self.reports / "registry"),
-            parameters={"student": UNICODE_NAME},
-        )
+from churnlab import store
 
 
 @pytest.fixture(scope="session")
-def untouched_handout(tmp_path_factory) -> HandoutRun:
-    """A fresh handout of this checkout, run whole by its own console script and package."""
+def untouched_handout(tmp_path_factory) -> WorkbookOutput:
+    """A fresh handout of this checkout, run whole by its own console script and package;
+    its reports are in the handout's own ``reports/``."""
     folder = tmp_path_factory.mktemp("student")
     handout = folder / "handout"
     env = {k: v for k, v in os.environ.items() if k not in store.SERVER_VARIABLES}
@@ -66,4 +39,4 @@ def untouched_handout(tmp_path_factory) -> HandoutRun:
         timeout=900,
         stdin=subprocess.DEVNULL,
     )
-    return HandoutRun(handout, done.returncode, done.stdout, done.stderr)
+    return WorkbookOutput(handout / "reports", done.returncode, done.stdout, done.stderr)

@@ -432,9 +432,9 @@ def test_untouched_handout_runs_and_its_report_says_what_is_missing(untouched_ha
     done = untouched_handout  # `churnlab workbook --student NAME` inside a fresh handout
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
-    page = (done.reports / "workbook.html").read_text(encoding="utf-8")
+    page = done.report.read_text(encoding="utf-8")
     assert "Traceback" not in page
-    work = json.loads((done.reports / "workbook.json").read_text())
+    work = json.loads((done.folder / "workbook.json").read_text())
     assert work["student"] == UNICODE_NAME
     assert [t["id"] for t in work["tasks"]] == ["task1", "task2", "task3", "task4"]
     assert not [t["id"] for t in work["tasks"] if t["done"] or not t["missing"].strip()]

@@ -113,7 +113,7 @@ def teachers(tmp_path_factory) -> dict[str, Path]:
 def handed_out(untouched_handout) -> runner.WorkbookRun:
     """The student edition, untouched, run by a student with a Unicode name (conftest)."""
     assert untouched_handout.returncode == 0, untouched_handout.stdout + untouched_handout.stderr
-    return untouched_handout.workbook_run()
+    return untouched_handout.as_run({"student": UNICODE_NAME})
 
 
 @pytest.mark.slow
