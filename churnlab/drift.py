@@ -76,16 +76,15 @@ def drift_check(
     """PSI per feature of ``version``'s drift-reference snapshot against ``rows`` new
     customers generated with ``drift`` (0 = the same population), and accuracy on both."""
     from churnlab import data
-    from churnlab.metrics import score
+    from churnlab.metrics import score_one
 
     reference = registry.snapshot(version, "reference")
     current = data.generate(rows, seed=seed, drift=drift)
     model = registry.load_model(version)
 
     def accuracy(frame: pd.DataFrame) -> float:
-        return score(data.labels(frame), model.predict_proba(data.features(frame))[:, 1])[
-            "accuracy"
-        ]
+        proba = model.predict_proba(data.features(frame))[:, 1]
+        return score_one("accuracy", data.labels(frame), proba)
 
     psi = data.population_stability(reference, current)
     checks = [

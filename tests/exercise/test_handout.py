@@ -427,8 +427,6 @@ def test_make_lab_opens_the_students_notebooks(this_handout, tmp_path):
 @pytest.mark.xdist_group("handout-run")  # the run is shared with test_work.py
 def test_untouched_handout_runs_and_its_report_says_what_is_missing(untouched_handout):
     """The student's first run: every task "not yet", every question "not answered"."""
-    if "--student" not in run_cli("workbook", "--help").stdout:
-        pytest.skip("churnlab workbook has no --student yet")
     done = untouched_handout  # `churnlab workbook --student NAME` inside a fresh handout
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
