@@ -19,6 +19,7 @@ from churnlab.schema import EXAMPLE_RECORD
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/serving-helper")
 ARGS = CHROMIUM_ARGS
+WAIT_MS = 30_000  # as long as Playwright's own waits; a loaded CI machine can be slow
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,6 +43,8 @@ def browser():
 
 
 def test_a_person_checks_health_and_scores_one_customer(registry, browser):
+    from playwright.sync_api import expect
+
     registry.stage(2, override=True, reason="browser test")
     with running_backend("staging") as backend:
         page = browser.new_page()
@@ -52,7 +55,9 @@ def test_a_person_checks_health_and_scores_one_customer(registry, browser):
         page.on("pageerror", lambda e: problems.append(str(e)))
 
         page.goto(backend.url + "/")
-        page.wait_for_function("document.getElementById('version').textContent !== '-'")
+        # Playwright's expect polls without eval, which the page's CSP (script-src 'self')
+        # refuses; wait_for_function with a string predicate fails whenever it has to poll
+        expect(page.locator("#version")).not_to_have_text("-", timeout=WAIT_MS)
         assert page.text_content("#stage") == "staging"
         assert page.text_content("#version") == "v2"
         assert page.text_content("#model-name") == "churn-model"
@@ -62,9 +67,7 @@ def test_a_person_checks_health_and_scores_one_customer(registry, browser):
         page.click("#health-button")
         # the click sets "checking…" until /health answers (checked-at is already set by
         # the check on load, so it cannot tell that this one has finished)
-        page.wait_for_function(
-            "document.getElementById('health-status').textContent !== 'checking…'"
-        )
+        expect(page.locator("#health-status")).not_to_have_text("checking…", timeout=WAIT_MS)
         assert page.text_content("#health-status") == "ok"
 
         # the form is built from /metadata's schema: selects for categories
