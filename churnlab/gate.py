@@ -148,11 +148,6 @@ def _proba(model, frame: pd.DataFrame) -> np.ndarray:
     return model.predict_proba(frame)[:, 1]
 
 
-def _metric(metric: str, y: np.ndarray, p: np.ndarray) -> float:
-    """``score(y, p)[metric]``, computing that metric only."""
-    return score_one(metric, y, p)
-
-
 def check_signature(signature) -> Check:
     """The logged signature's inputs equal the serving schema."""
     expected = schema.input_schema()
@@ -214,7 +209,7 @@ def check_slices(model, frame: pd.DataFrame, policy: Policy) -> Check:
             if policy.slice_metric == "roc_auc" and min(ys.sum(), len(ys) - ys.sum()) < 10:
                 skipped.append(f"{col}={seg}")
                 continue
-            values[seg] = _metric(policy.slice_metric, ys, p[idx])
+            values[seg] = score_one(policy.slice_metric, ys, p[idx])
         if len(values) >= 2:
             gap = max(values.values()) - min(values.values())
             if gap > worst:
@@ -242,8 +237,8 @@ def perturb(frame: pd.DataFrame, noise: float, seed: int = 7) -> pd.DataFrame:
 def check_robustness(model, frame: pd.DataFrame, policy: Policy) -> Check:
     """Accuracy drop under relative noise on the numeric inputs."""
     X, y = data.features(frame), data.labels(frame)
-    base = _metric("accuracy", y, _proba(model, X))
-    noisy = _metric("accuracy", y, _proba(model, perturb(X, policy.robustness_noise)))
+    base = score_one("accuracy", y, _proba(model, X))
+    noisy = score_one("accuracy", y, _proba(model, perturb(X, policy.robustness_noise)))
     return _bound(
         "robustness_drop",
         max(base - noisy, 0.0),
@@ -301,8 +296,8 @@ def check_champion(
         why = "no production version yet" if champion is None else "the candidate is production"
         return Check("champion", "skip", None, -policy.champion_tolerance, ">=", why)
     X, y = data.features(frame), data.labels(frame)
-    mine = _metric(policy.champion_metric, y, _proba(model, X))
-    theirs = _metric(policy.champion_metric, y, _proba(registry.load_model(champion), X))
+    mine = score_one(policy.champion_metric, y, _proba(model, X))
+    theirs = score_one(policy.champion_metric, y, _proba(registry.load_model(champion), X))
     return _bound(
         "champion",
         mine - theirs,
