@@ -60,8 +60,12 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 
+# `make lab ARGS="--port 8890 --no-browser"`: ARGS go to JupyterLab. As root (a container, a
+# cloud notebook) JupyterLab refuses to start without --allow-root, so the target adds it.
 lab: $(STAMP)
-	cd notebooks && $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1
+	@root=""; if [ "$$(id -u)" = "0" ]; then root="--allow-root"; \
+	  echo "make lab: running as root (a container or a cloud notebook): adding --allow-root"; fi; \
+	cd notebooks && exec $(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $$root $(ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/churnlab ui

@@ -111,11 +111,11 @@ class Backend:
         stage: str,
         *,
         port: int | None = None,
-        model_name: str = store.DEFAULT_MODEL_NAME,
+        model_name: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.stage = stage
-        self.model_name = model_name
+        self.model_name = model_name or store.model_name()
         self.port = port if port is not None else free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env

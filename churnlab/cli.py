@@ -93,8 +93,9 @@ def cmd_promote(args) -> int:
 
 
 def cmd_approve(args) -> int:
-    approval = _registry(args).approve(args.version, reason=args.reason or "")
-    print(f"Approved {args.model} v{approval.version} for Production by {approval.actor}")
+    registry = _registry(args)
+    approval = registry.approve(args.version, reason=args.reason or "")
+    print(f"Approved {registry.model_name} v{approval.version} for Production by {approval.actor}")
     return 0
 
 
@@ -210,11 +211,106 @@ def cmd_workbook(args) -> int:
         model_name=args.model,
         shared_kernel=not args.kernel_per_notebook,
     )
-    if result.report is not None:
-        print(f"report: {_relative(result.report)} ({result.seconds:.1f} s in all)")
     failed = result.failed
     if failed is not None:
-        raise runner.NotebookFailed(f"{store.redact(failed.error)}; see {_relative(failed.path)}")
+        kept = result.report.with_name("workbook.html") if result.report else None
+        print(f"partial report: {_relative(result.report)} ({result.seconds:.1f} s in all)")
+        if kept is not None and kept.is_file():
+            print(f"the last complete report is kept: {_relative(kept)}")
+        error = runner.NotebookFailed(f"{store.redact(failed.error)}; see {_relative(failed.path)}")
+        error.exit_code = failed.exit_code or 1
+        raise error
+    if result.report is not None:
+        print(f"report: {_relative(result.report)} ({result.seconds:.1f} s in all)")
+        if store.login_server() is not None and not args.only:
+            from churnlab import handin
+
+            handin.hand_in(result.report, echo=print)
+    return 0
+
+
+def cmd_report(args) -> int:
+    """``churnlab report``: the report of the notebooks as saved in JupyterLab."""
+    from churnlab import runner
+
+    result = runner.lab_report(
+        output=Path(args.output) if args.output else None,
+        notebooks=Path(args.notebooks) if args.notebooks else None,
+        model_name=args.model,
+    )
+    for run in result.runs:
+        note = f": {store.redact(run.error)}" if run.error else ""
+        print(f"  {run.name:12} {run.status}{note}")
+    print(f"report: {_relative(result.report)} (the lab's own work; nothing was re-run)")
+    return 0
+
+
+def cmd_handin(args) -> int:
+    """``churnlab handin``: hand the report in to the class server."""
+    from churnlab import handin
+
+    path = Path(args.report) if args.report else store.project_root() / "reports/workbook.html"
+    handin.hand_in(path, echo=print)
+    return 0
+
+
+def cmd_config(args) -> int:
+    """``churnlab config [student [NAME]]``: show or set the project's settings."""
+    from churnlab import config
+    from churnlab.errors import InputError
+    from churnlab.student import normal_name
+
+    if args.key is None:
+        found = config.read()
+        if not found:
+            print(f"nothing set in {config.path()}")
+        for key, value in sorted(found.items()):
+            print(f"{key} = {value}")
+        return 0
+    if args.key != "student":
+        raise InputError(
+            f"churnlab config sets student only, got {args.key!r} (churnlab login sets the server)"
+        )
+    if args.unset:
+        config.update(student=None)
+        print(f"student unset in {config.path()}: the notebooks tell the reference story")
+        return 0
+    if args.value is None:
+        print(config.get("student") or "(not set)")
+        return 0
+    name = normal_name(args.value)
+    config.update(student=name)
+    print(
+        f"student = {name} (in {config.path()}): the notebooks, make lab, make workbook and "
+        "the report use it; restart a running kernel to pick it up"
+    )
+    return 0
+
+
+def cmd_login(args) -> int:
+    """``churnlab login URL``: check a login against the class server, then store it."""
+    from churnlab import login
+
+    found = login.login(args.url, username=args.username)
+    for line in found.lines():
+        print(line)
+    return 0
+
+
+def cmd_whoami(args) -> int:
+    """``churnlab whoami``: server, user, model and experiment every command uses."""
+    from churnlab import login
+
+    for line in login.whoami().lines():
+        print(line)
+    return 0
+
+
+def cmd_logout(args) -> int:
+    """``churnlab logout``: forget the login (password and server)."""
+    from churnlab import login
+
+    login.logout()
     return 0
 
 
@@ -340,7 +436,7 @@ def cmd_serve(args) -> int:
     serve = import_from_string(SERVE)
     serve(
         # --model left at its default lets MODEL_NAME (the server's variable) decide
-        model_name=None if args.model == store.DEFAULT_MODEL_NAME else args.model,
+        model_name=args.model,
         stage=args.stage,
         host=args.host,
         port=args.port,
@@ -373,7 +469,11 @@ def cmd_score(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="churnlab", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=store.DEFAULT_MODEL_NAME, help="registered model name")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="registered model name (default: yours after churnlab login, else churn-model)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train and register a candidate version")
@@ -505,6 +605,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_workbook)
 
     p = sub.add_parser(
+        "report",
+        help="build reports/workbook.html from the notebooks as saved in JupyterLab (no re-run)",
+    )
+    p.add_argument("--output", help="folder for workbook.html (default: reports)")
+    p.add_argument("--notebooks", help="the folder of the five notebooks (default: notebooks)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("handin", help="hand your report in to the class server you logged in to")
+    p.add_argument("report", nargs="?", help="the report (default: reports/workbook.html)")
+    p.set_defaults(func=cmd_handin)
+
+    p = sub.add_parser("config", help="show or set this checkout's settings (your name)")
+    p.add_argument("key", nargs="?", help="student")
+    p.add_argument("value", nargs="?", help='your name, e.g. "Zoë Ñúñez"')
+    p.add_argument("--unset", action="store_true", help="remove the setting")
+    p.set_defaults(func=cmd_config, offline=True)
+
+    p = sub.add_parser("login", help="log in to a class server once (asks for your password)")
+    p.add_argument("url", help="the class server, e.g. http://mlflow.school.org:5000")
+    p.add_argument(
+        "--username", help="your user name (default: asked, or MLFLOW_TRACKING_USERNAME)"
+    )
+    p.set_defaults(func=cmd_login, offline=True)
+
+    p = sub.add_parser("whoami", help="the server, user, model and experiment commands use")
+    p.set_defaults(func=cmd_whoami)
+
+    p = sub.add_parser("logout", help="forget the login (the password and the server)")
+    p.set_defaults(func=cmd_logout, offline=True)
+
+    p = sub.add_parser(
         "handout",
         help="write the student edition: the project with solutions removed, answers as prompts",
     )
@@ -629,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # refused or failing outside the registry's own calls: a login, a 403, a 5xx
         known = store.failure(exc)
         if known is None and store.http_status(exc) == 403:
-            known = store.refusal(exc, getattr(args, "model", store.DEFAULT_MODEL_NAME))
+            known = store.refusal(exc, getattr(args, "model", None) or store.model_name())
         if known is not None:
             print(f"churnlab: {store.redact(str(known))}", file=sys.stderr)
             return known.exit_code

@@ -1,10 +1,12 @@
 """The "Your turn" tasks' checks: is each task done, judged from the registry alone?
 
 Each check reads what the registry recorded (versions, their tags, the history of moves)
-and, for Task 4, the serving backends this process runs; never a notebook variable. It
-answers with a :class:`Verdict`: done with the evidence, or not yet with one line naming
-what is missing and how to do it. :func:`check` prints that line for a notebook's check
-cell and never raises, except under nbgrader's autograder
+and, for Task 4, the serving backends running on this machine; never a notebook variable.
+It answers with a :class:`Verdict`: done with the evidence, or not yet with one line naming
+the first step still missing (the steps before it are checked first) and how to take it,
+in Python terms and naming the student's candidate as ``workbook.my_candidate(registry)``,
+so that the line holds in the lab and in a replay alike. :func:`check` prints that line
+for a notebook's check cell and never raises, except under nbgrader's autograder
 (``NBGRADER_EXECUTION=autograde``), where a task not done is an ``AssertionError``.
 """
 
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 
 #: the exercise's first run required this accuracy; every candidate fails it
 STRICT_ACCURACY = 0.9
+#: how the task lines name the student's candidate in code (never a literal number)
+MINE = "workbook.my_candidate(registry)"
 
 TASKS: dict[str, str] = {
     "task1": "Train a candidate of your own; the 0.90 gate refuses it, the default policy passes it",
@@ -56,16 +60,30 @@ class Verdict:
 
 @dataclass(frozen=True)
 class RunningBackend:
-    """A serving backend process this process started and that still runs."""
+    """A serving backend process running on this machine, as its command line says.
+
+    ``registry`` names the registry its environment points at (:func:`registry_of`).
+    """
 
     pid: int
     stage: str
     model_name: str
     port: int
+    registry: str = ""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+
+def registry_of(environ: dict[str, str] | os._Environ) -> str:
+    """Which registry an environment points at, as far as it says: a tracking URI, an
+    embedded store's folder, or the project's default."""
+    uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return store.redact(uri.rstrip("/"))
+    home = environ.get("CHURNLAB_HOME", "").strip()
+    return f"embedded store in {home}" if home else "the project's own"
 
 
 # ---------------------------------------------------------------------------- reading
@@ -79,41 +97,57 @@ def own_versions(registry: Registry) -> list[int]:
     return [int(v.version) for v in registry.versions() if is_own(v)]
 
 
-def running_backends() -> list[RunningBackend]:
-    """The serving backends (``uvicorn serving.app:app``) this process started, still running.
+def my_version(registry: Registry) -> int | None:
+    """The student's candidate now: the newest own one (``workbook.train_own``), or None."""
+    own = own_versions(registry)
+    return own[-1] if own else None
 
-    Read from ``/proc``: the children of this process, their command line and environment.
-    Empty where ``/proc`` is absent.
-    """
-    from churnlab.backend import APP
+
+def running_backends(*, children_only: bool = False) -> list[RunningBackend]:
+    """The serving backends running on this machine for this user: ``uvicorn
+    serving.app:app`` processes (what the notebooks and ``churnlab`` start) and
+    ``churnlab serve`` commands started from a terminal. ``children_only``: those this
+    process started. Read from ``/proc`` (empty where it is absent)."""
+    from churnlab.backend import APP, DEFAULT_PORTS
 
     found = []
-    me = str(os.getpid())
+    me, uid = str(os.getpid()), os.getuid()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
+            if entry.stat().st_uid != uid or entry.name == me:
+                continue
             stat = (entry / "stat").read_text()
-            if stat.rsplit(")", 1)[1].split()[1] != me:
+            if children_only and stat.rsplit(")", 1)[1].split()[1] != me:
                 continue
             argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if APP not in argv or "--port" not in argv:
+            served = APP in argv
+            typed = any(Path(a).name == "churnlab" for a in argv[:2]) and "serve" in argv
+            if not (served or typed):
                 continue
             environ = dict(
                 item.split("=", 1)
                 for item in (entry / "environ").read_bytes().decode(errors="replace").split("\0")
                 if "=" in item
             )
-            port = int(argv[argv.index("--port") + 1])
+            stage = _option(argv, "--stage") or environ.get("MODEL_STAGE") or "staging"
+            port = int(_option(argv, "--port") or DEFAULT_PORTS.get(stage.lower(), 0))
+            model = _option(argv, "--model") or environ.get("MODEL_NAME") or ""
         except (OSError, IndexError, ValueError):
             continue
         found.append(
-            RunningBackend(
-                int(entry.name),
-                environ.get("MODEL_STAGE", ""),
-                environ.get("MODEL_NAME", store.DEFAULT_MODEL_NAME),
-                port,
-            )
+            RunningBackend(int(entry.name), stage.lower(), model, port, registry_of(environ))
         )
     return sorted(found, key=lambda b: b.pid)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in a command line, or None."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _health(backend: RunningBackend) -> dict[str, Any] | None:
@@ -134,10 +168,17 @@ def _json_tag(found: dict[str, str], key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _params(params: dict[str, str]) -> str:
-    """The hyperparameters a version's run logged (``clf_*``), as ``name=value`` text."""
-    shown = [f"{k[4:]}={v}" for k, v in sorted(params.items()) if k.startswith("clf_")]
-    return ", ".join(shown) or "defaults"
+def _params(evidence: Any) -> dict[str, Any]:
+    """The hyperparameters the student set on an own candidate (recorded by ``train_own``,
+    else read from the run's ``clf_*`` parameters)."""
+    recorded = _json_tag(evidence.tags, tags.EXERCISE_PARAMS)
+    if recorded is not None:
+        return recorded
+    return {k[4:]: v for k, v in sorted(evidence.params.items()) if k.startswith("clf_")}
+
+
+def _shown(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or "defaults"
 
 
 def _verdict(task: str, done: bool, text: str) -> Verdict:
@@ -146,9 +187,15 @@ def _verdict(task: str, done: bool, text: str) -> Verdict:
     return Verdict(task, TASKS[task], False, missing=text)
 
 
+def _yours(version: int) -> str:
+    return f"your candidate (v{version})"
+
+
 # ---------------------------------------------------------------------------- the tasks
 def task1(registry: Registry, part: int | None = None) -> Verdict:
-    """Task 1: an own candidate; the 0.90 gate failed it; the default policy passed it.
+    """Task 1: an own candidate with a hyperparameter the student set; the exercise's 0.90
+    gate replayed on it failed; then the default policy passed it. Done when one of the
+    student's candidates did all of it; otherwise the newest one's first missing step.
 
     ``part=1`` checks the first part only (01_train: the candidate is registered).
     """
@@ -160,10 +207,30 @@ def task1(registry: Registry, part: int | None = None) -> Verdict:
             "no candidate of your own is registered: in 01's Your turn cell, train one with "
             "workbook.train_own(story, ESTIMATOR, {HYPERPARAMETER: VALUE})",
         )
-    mine = own[-1]
+    if part != 1:
+        for earlier in reversed(own[:-1]):
+            found = _task1_of(registry, earlier)
+            if found.done:
+                return found
+    return _task1_of(registry, own[-1], part)
+
+
+def _task1_of(registry: Registry, mine: int, part: int | None = None) -> Verdict:
+    """Task 1 judged on one own candidate."""
+    from churnlab import gate
+
     evidence = registry.evidence(mine)
+    params = _params(evidence)
+    if not params:
+        return _verdict(
+            "task1",
+            False,
+            f"{_yours(mine)} is a {evidence.estimator} with its defaults, and the task asks you "
+            "to set at least one hyperparameter: in 01's Your turn cell train it with one, "
+            f"e.g. workbook.train_own(story, {evidence.estimator!r}, {{NAME: VALUE}})",
+        )
     trained = (
-        f"v{mine} is yours: {evidence.estimator} ({_params(evidence.params)}), "
+        f"v{mine} is yours: {evidence.estimator} ({_shown(params)}), "
         f"accuracy {evidence.metrics.get('accuracy', float('nan')):.4f}"
     )
     if part == 1:
@@ -173,38 +240,61 @@ def task1(registry: Registry, part: int | None = None) -> Verdict:
         return _verdict(
             "task1",
             False,
-            f"the exercise's 0.90 gate was not replayed on v{mine}: in 02's Your turn cell run "
-            f"workbook.replay_gate(registry, {mine}, accuracy_min=0.9)",
+            f"the exercise's 0.90 gate was not replayed on {_yours(mine)}: in 02's Your turn "
+            f"cell run workbook.replay_gate(registry, {MINE}, accuracy_min=0.9)",
+        )
+    if strict.get("accuracy_min") != STRICT_ACCURACY:
+        return _verdict(
+            "task1",
+            False,
+            f"the replay on {_yours(mine)} ran at accuracy_min={strict.get('accuracy_min')}, "
+            "not at the exercise's 0.90: replay it with "
+            f"workbook.replay_gate(registry, {MINE}, accuracy_min=0.9)",
         )
     if strict.get("verdict") != "failed":
         return _verdict(
             "task1",
             False,
-            f"the replayed gate at accuracy_min={strict.get('accuracy_min')} passed v{mine}; "
-            "replay it with accuracy_min=0.9, which every candidate fails",
+            f"the 0.90 gate passed {_yours(mine)}, so it cannot show a refusal: train a "
+            "candidate in 01 whose accuracy is below 0.90 (every realistic one is)",
         )
-    if evidence.gate != "passed":
+    latest = gate.recorded_result(registry, mine)
+    default = gate.Policy.load().to_dict()
+    if latest is None or latest.policy != default:
+        ran = "the 0.90 replay" if latest and latest.policy.get("accuracy_min") == 0.9 else None
+        ran = ran or "a policy of your own"
         return _verdict(
             "task1",
             False,
-            f"v{mine}'s gate verdict under the default policy is {evidence.gate}: run "
-            f"gate.run_gate({mine}, registry=registry) after the replay (if it fails, train a "
-            "better candidate in 01)",
+            f"the replay failed {_yours(mine)} as it should; its last gate run was {ran}: "
+            f"now run the default policy, gate.run_gate({MINE}, registry=registry)",
+        )
+    if not latest.passed:
+        why = "; ".join(
+            f"{c.name} {c.value} (needs {c.operator} {c.threshold})" for c in latest.failed
+        )
+        return _verdict(
+            "task1",
+            False,
+            f"the default policy fails {_yours(mine)} too ({why}): train a better candidate "
+            "in 01 (workbook.train_own) and replay the gates on it",
         )
     return _verdict(
         "task1",
         True,
         f"{trained}; {strict.get('summary')}, yet it stayed registered and unstaged; "
-        f"the default policy passed it",
+        "the default policy passed it",
     )
 
 
 def task2(registry: Registry) -> Verdict:
     """Task 2: an own candidate was staged and its smoke check passed."""
+    from churnlab.registry import STAGING
+
     events = registry.history()
-    for mine in reversed(own_versions(registry)):
-        staged = [e for e in events if e.action == "stage" and e.to_version == mine]
-        evidence = registry.evidence(mine, with_metrics=False)
+    for own in reversed(own_versions(registry)):
+        staged = [e for e in events if e.action == "stage" and e.to_version == own]
+        evidence = registry.evidence(own, with_metrics=False)
         if staged and evidence.smoke == "passed":
             checks = ", ".join(
                 k for k, v in evidence.smoke_checks.items() if v in ("pass", "fail", "skip")
@@ -214,19 +304,41 @@ def task2(registry: Registry) -> Verdict:
                 True,
                 f"{move_line(registry.model_name, staged[-1])}; its smoke check passed ({checks})",
             )
-    mine = max(own_versions(registry), default=None)
+    mine = my_version(registry)
     if mine is None:
         return _verdict("task2", False, "no candidate of your own yet: do Task 1 first (01, 02)")
-    if registry.verdicts(mine)["gate"] != "passed":
+    verdicts = registry.verdicts(mine)
+    if verdicts["gate"] != "passed":
         return _verdict(
-            "task2", False, f"v{mine} has not passed the default gate: finish Task 1 in 02 first"
+            "task2",
+            False,
+            f"{_yours(mine)} has not passed the default gate: finish Task 1 in 02 first",
+        )
+    stage_it = f"registry.stage({MINE})"
+    smoke_it = f"smoke.smoke_check({MINE}, stage='staging', registry=registry)"
+    if not any(e.action == "stage" and e.to_version == mine for e in events):
+        return _verdict(
+            "task2",
+            False,
+            f"{_yours(mine)} passed the gate but was never staged: in 03's Your turn cell run "
+            f"{stage_it}, then {smoke_it}",
+        )
+    if verdicts["smoke"] == "failed":
+        return _verdict(
+            "task2",
+            False,
+            f"the smoke check of {_yours(mine)} failed: read its checks, then run {smoke_it} "
+            "again while it is staged",
+        )
+    if registry.holder(STAGING) != mine:
+        return _verdict(
+            "task2",
+            False,
+            f"{_yours(mine)} was staged but left staging before its smoke check: run "
+            f"{stage_it} again, then {smoke_it}",
         )
     return _verdict(
-        "task2",
-        False,
-        f"v{mine} was not staged and smoke-checked: in 03's Your turn cell run "
-        f"registry.stage({mine}) then smoke.smoke_check({mine}, stage='staging', "
-        "registry=registry)",
+        "task2", False, f"{_yours(mine)} is staged, but not smoke-checked: run {smoke_it}"
     )
 
 
@@ -241,14 +353,19 @@ def move_line(model_name: str, event: Event) -> str:
 
 def task3(registry: Registry) -> Verdict:
     """Task 3: an own candidate promoted, production rolled back from it, promoted again."""
-    own = set(own_versions(registry))
+    own = own_versions(registry)
     moves = [e for e in registry.history() if e.alias == "production"]
-    best = ""
-    for mine in sorted(own, reverse=True):
+    for candidate in sorted(own, reverse=True):
         steps = iter(moves)  # in order: a promotion, then a rollback from it, then another
-        first = next((e for e in steps if e.action == "promote" and e.to_version == mine), None)
-        back = next((e for e in steps if e.action == "rollback" and e.from_version == mine), None)
-        again = next((e for e in steps if e.action == "promote" and e.to_version == mine), None)
+        first = next(
+            (e for e in steps if e.action == "promote" and e.to_version == candidate), None
+        )
+        back = next(
+            (e for e in steps if e.action == "rollback" and e.from_version == candidate), None
+        )
+        again = next(
+            (e for e in steps if e.action == "promote" and e.to_version == candidate), None
+        )
         if first and back and again:
             return _verdict(
                 "task3",
@@ -256,30 +373,53 @@ def task3(registry: Registry) -> Verdict:
                 f"{move_line(registry.model_name, first)}; rolled back to "
                 f"v{back.to_version}; promoted again: {move_line(registry.model_name, again)}",
             )
-        if not best:
-            if first is None:
-                best = (
-                    f"v{mine} was never promoted: in 04's Your turn cell run "
-                    f"registry.promote({mine}) (or with override=True, reason=TEXT)"
-                )
-            elif back is None:
-                best = (
-                    f"v{mine} was promoted but production was not rolled back from it: run "
-                    "registry.rollback(reason=TEXT), then promote it again"
-                )
-            else:
-                best = f"after the rollback, promote v{mine} again: registry.promote({mine})"
-    if not own:
-        best = "no candidate of your own yet: do Tasks 1 and 2 first"
-    return _verdict("task3", False, best)
+    mine = my_version(registry)
+    if mine is None:
+        return _verdict("task3", False, "no candidate of your own yet: do Tasks 1 and 2 first")
+    steps = iter(moves)
+    first = next((e for e in steps if e.action == "promote" and e.to_version == mine), None)
+    back = next((e for e in steps if e.action == "rollback" and e.from_version == mine), None)
+    promote_it = f"registry.promote({MINE})"
+    if first is None:
+        verdicts = registry.verdicts(mine)
+        if verdicts["gate"] != "passed":
+            return _verdict(
+                "task3",
+                False,
+                f"{_yours(mine)} has not passed the default gate: do Tasks 1 and 2 first",
+            )
+        if verdicts["smoke"] != "passed":
+            return _verdict(
+                "task3",
+                False,
+                f"{_yours(mine)} has no passed smoke check, so the registry refuses to promote "
+                f"it: do Task 2 in 03 first, or promote it by override, {promote_it[:-1]}, "
+                'override=True, reason="why")',
+            )
+        return _verdict(
+            "task3",
+            False,
+            f"{_yours(mine)} was never promoted: in 04's Your turn cell run {promote_it}",
+        )
+    if back is None:
+        return _verdict(
+            "task3",
+            False,
+            f"{_yours(mine)} was promoted, but production was not rolled back from it: run "
+            f'registry.rollback(reason="why"), then {promote_it} again',
+        )
+    return _verdict(
+        "task3", False, f"after the rollback, promote {_yours(mine)} again: {promote_it}"
+    )
 
 
 def task4(registry: Registry, live: bool = True) -> Verdict:
     """Task 4: production's backend serves the student's version; the newest one nobody.
 
-    ``live``: look at the backends this process runs and record what production's
-    answered on the version (:data:`churnlab.tags.EXERCISE_SERVED`); otherwise, and when none runs, judge the
-    recorded answer against the registry as it is now.
+    ``live``: look at the backends running on this machine (the notebook's own and a
+    ``churnlab serve`` from a terminal) and record what production's answered on the
+    version (:data:`churnlab.tags.EXERCISE_SERVED`); otherwise, and when none runs, judge
+    the recorded answer against the registry as it is now.
     """
     from churnlab.registry import PRODUCTION, STAGING
 
@@ -292,49 +432,75 @@ def task4(registry: Registry, live: bool = True) -> Verdict:
         return _verdict(
             "task4",
             False,
-            f"production holds {shown}, not your candidate (v{own[-1]}): promote it in 04 (Task 3)",
+            f"production holds {shown}, not {_yours(my_version(registry) or own[-1])}: "
+            "promote it in 04 (Task 3)",
         )
     newest = registry.latest_version()
     holders = {registry.holder(STAGING), production}
-    answers: list[dict[str, Any]] = []
+    run_id = registry.version(production).run_id
+    record: dict[str, Any] | None = None
     if live:
+        answers, elsewhere = [], []
+        here = registry_of(os.environ)
         for backend in running_backends():
-            if backend.model_name != registry.model_name:
+            if backend.registry != here:
+                elsewhere.append(backend)
                 continue
             health = _health(backend)
-            if health is not None:
-                answers.append(health)
-    served = next((h for h in answers if h.get("stage") == "production"), None)
-    if served is not None and served.get("model_version") == production:
-        record = {
-            "health": served,
-            "newest": newest,
-            "served": [h.get("model_version") for h in answers],
-        }
-        registry.set_version_tags(
-            production, {tags.EXERCISE_SERVED: json.dumps(record, sort_keys=True)}
-        )
-    elif served is not None:
-        return _verdict(
-            "task4",
-            False,
-            f"the running production backend serves v{served.get('model_version')}, but "
-            f"@production names v{production}: restart it",
-        )
-    else:
+            if health is not None and health.get("model_name") == registry.model_name:
+                answers.append((backend, health))
+        serving = [(b, h) for b, h in answers if h.get("stage") == "production"]
+        mine = [(b, h) for b, h in serving if h.get("run_id") == run_id]
+        if mine:
+            record = {
+                "health": mine[0][1],
+                "newest": newest,
+                "served": [h.get("model_version") for _, h in answers],
+            }
+            registry.set_version_tags(
+                production, {tags.EXERCISE_SERVED: json.dumps(record, sort_keys=True)}
+            )
+        elif serving:
+            backend, health = serving[0]
+            where = f"the production backend on 127.0.0.1:{backend.port}"
+            if health.get("model_version") != production:
+                return _verdict(
+                    "task4",
+                    False,
+                    f"{where} serves v{health.get('model_version')}, but @production names "
+                    f"v{production}: it was started before the last move; restart it (or start "
+                    "it with follow on: churnlab serve --stage production --follow)",
+                )
+            return _verdict(
+                "task4",
+                False,
+                f"{where} serves a {registry.model_name} v{production} from another registry "
+                f"(its run id is not v{production}'s): start it on this registry (the same "
+                "CHURNLAB_HOME, or your login)",
+            )
+    if record is None:
         record = _json_tag(
             registry.evidence(production, with_metrics=False).tags, tags.EXERCISE_SERVED
         )
         if record is None:
+            others = [b for b in (elsewhere if live else []) if b.stage == "production"]
+            note = (
+                f" (the one on 127.0.0.1:{others[0].port} serves {others[0].registry}, not "
+                f"{registry_of(os.environ)})"
+                if others
+                else ""
+            )
             return _verdict(
                 "task4",
                 False,
-                "no production backend is running: in 05's Your turn cell start one, "
-                "backend.Backend('production').start().wait_ready(), and print its /health",
+                f"no production backend of this registry is running on this machine{note}: in "
+                "05's Your turn cell start one, backend.Backend('production').start()"
+                ".wait_ready() (or `churnlab serve --stage production` in a terminal), and "
+                "leave it running while the check runs",
             )
-        served = record.get("health") or {}
-        if served.get("model_version") != production:
+        if (record.get("health") or {}).get("model_version") != production:
             return _verdict("task4", False, "the recorded /health answer is not production's")
+    served = record.get("health") or {}
     unserved = newest is not None and newest > production and newest not in holders
     unserved = unserved and newest not in (record.get("served") or [])
     if not unserved:
@@ -366,10 +532,13 @@ def verdict(
     task: int | str,
     *,
     registry: Registry | None = None,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
     **options: Any,
 ) -> Verdict:
-    """One task's verdict; any failure to read the registry is a "not yet", never a raise."""
+    """One task's verdict; any failure to read the registry is a "not yet", never a raise.
+
+    Without ``registry``, the run's model (``model_name`` None: :func:`store.model_name`).
+    """
     key = task if isinstance(task, str) and task.startswith("task") else f"task{task}"
     if key not in CHECKS:
         raise ValueError(f"task must be one of {list(CHECKS)}, got {task!r}")
@@ -392,9 +561,7 @@ def verdict(
         return _verdict(key, False, f"the registry could not be read ({store.redact(first)})")
 
 
-def verdicts(
-    registry: Registry | None = None, *, model_name: str = store.DEFAULT_MODEL_NAME
-) -> list[Verdict]:
+def verdicts(registry: Registry | None = None, *, model_name: str | None = None) -> list[Verdict]:
     """Every task's verdict from what the registry recorded (no backend is looked at)."""
     return [
         verdict(
@@ -412,7 +579,7 @@ def check(
     part: int | None = None,
     *,
     registry: Registry | None = None,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
 ) -> None:
     """A check cell: print the task's verdict line.
 
@@ -427,13 +594,15 @@ def check(
 
 
 __all__ = [
+    "MINE",
     "TASKS",
     "RunningBackend",
     "Verdict",
     "check",
     "is_own",
-    "own_versions",
     "move_line",
+    "my_version",
+    "own_versions",
     "running_backends",
     "task1",
     "task2",

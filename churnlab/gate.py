@@ -383,6 +383,20 @@ def evaluate(registry: Registry, version: str | int, policy: Policy | None = Non
     return GateResult(registry.model_name, number, checks, policy.to_dict())
 
 
+def recorded_result(registry: Registry, version: str | int) -> GateResult | None:
+    """The gate result last recorded on ``version`` (its checks and the policy applied), or
+    None when the gate never judged it."""
+    found = registry.recorded("gate", version)
+    if found is None:
+        return None
+    return GateResult(
+        found.get("model_name", registry.model_name),
+        int(found.get("version", version)),
+        [Check.from_dict(c) for c in found.get("checks", [])],
+        dict(found.get("policy") or {}),
+    )
+
+
 def record(registry: Registry, result: GateResult) -> None:
     """Write the verdict and each check as version tags, and the JSON on the version's run."""
     registry.record("gate", result)

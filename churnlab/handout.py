@@ -47,6 +47,7 @@ _NEVER_COPIED = frozenset(
         "build",
         "mlruns",
         "mlflow.db",
+        "churnlab.toml",
     }
 )
 #: a sentence of an answer counts as leaked prose from this many words on
@@ -287,6 +288,7 @@ def write_handout(target: Path | str, *, root: Path | None = None, force: bool =
                 answers += prompted
             else:
                 shutil.copy2(source, dest)
+        _record_commit(root, building)
         leaks = leaked_answers(building, sentences)
         if leaks:
             file, sentence = leaks[0]
@@ -301,6 +303,17 @@ def write_handout(target: Path | str, *, root: Path | None = None, force: bool =
     copied = {p.as_posix() for p in files}
     uncommitted = tuple(p for p in uncommitted_files(root) if p in copied)
     return Handout(target, len(files), notebooks, solutions, answers, uncommitted)
+
+
+def _record_commit(root: Path, building: Path) -> None:
+    """Write ``handout.json``: the commit the edition was written from, which a hand-in
+    carries (:mod:`churnlab.handin`)."""
+    import json
+
+    from churnlab import handin, train
+
+    commit = train.git_commit(root) or "unknown"
+    (building / handin.HANDOUT_FILE).write_text(json.dumps({"commit": commit}) + "\n")
 
 
 def _under(path: Path, *folders: Path) -> bool:

@@ -192,7 +192,7 @@ class Registry:
 
     def __init__(
         self,
-        model_name: str = store.DEFAULT_MODEL_NAME,
+        model_name: str | None = None,
         client=None,
         *,
         production_approvals: int = 0,
@@ -202,7 +202,7 @@ class Registry:
         if client is None:
             store.configure()
             store.check_reachable()  # a server that does not answer fails in seconds
-        self.model_name = model_name
+        self.model_name = model_name or store.model_name()
         self.client = client or MlflowClient()
         self.production_approvals = int(production_approvals)
         self._login: str | None = None  # the server's login; "" when it names none
@@ -215,6 +215,10 @@ class Registry:
         if self._login is None:  # ask the server once per registry object
             self._login = (store.authenticated_user() if store.is_remote() else None) or ""
         return (self._login, SERVER) if self._login else (actor(), DECLARED)
+
+    def checks_logins(self) -> bool:
+        """True when the server names who acts (its login), so no one can act as another."""
+        return self.identity()[1] == SERVER
 
     @contextlib.contextmanager
     def _attempt(self, what: str | None) -> Iterator[None]:
@@ -362,6 +366,28 @@ class Registry:
             mlflow.artifacts.download_artifacts, run_id=run_id, artifact_path=path, dst_path=dst
         )
 
+    def recorded(self, kind: str, version: str | int) -> dict[str, Any] | None:
+        """The ``kind`` result (gate or smoke) last recorded on ``version``, as written to its
+        run (``<kind>/v<N>.json``), or None when none was recorded."""
+        import tempfile
+        from pathlib import Path
+
+        from mlflow.exceptions import MlflowException
+
+        if kind not in tags.VERDICT_TAGS:
+            raise InputError(f"kind must be one of {list(tags.VERDICT_TAGS)}, got {kind!r}")
+        mv = self.version(version)
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = self.download_artifact(mv.run_id, f"{kind}/v{mv.version}.json", tmp)
+            except (MlflowException, OSError):
+                return None
+            try:
+                found = json.loads(Path(path).read_text(encoding="utf-8"))
+            except ValueError:
+                return None
+        return found if isinstance(found, dict) else None
+
     def _tagged(self, prefix: str, found: dict[str, str] | None = None) -> list[tuple[str, dict]]:
         """The JSON records under ``prefix`` on the registered model, by time (their key)."""
         found = (self.model().tags or {}) if found is None else found
@@ -419,6 +445,12 @@ class Registry:
             return max(self.production_approvals, int(floor))
         except ValueError:
             return self.production_approvals
+
+    def missing_approvals(self, version: str | int) -> int:
+        """How many more approvals of ``version`` a promotion by the current user needs."""
+        promoter, _ = self.identity()
+        have = len(self.approvers(int(self.version(version).version), promoter))
+        return max(0, self.required_approvals() - have)
 
     def approvers(self, version: int, promoter: str | None) -> list[str]:
         """Distinct people who approved ``version``, the promoter left out (four eyes)."""
@@ -563,6 +595,33 @@ class Registry:
             )
         return int(mv.version)
 
+    def log_run(self, name: str, run_tags: dict[str, str], artifacts: dict[str, Any]) -> str:
+        """Log a run of its own (not a version's) to the run's experiment: ``run_tags`` and
+        ``artifacts`` (``{"folder/name": local path}``); return its id. A run that fails
+        half-way is deleted, so none is left half-written."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        experiment = store.ensure_experiment()
+        with self._attempt(f"log a run to experiment {store.experiment_name()}"):
+            run = self._call(self.client.create_run, experiment, run_name=name, tags=dict(run_tags))
+            run_id = run.info.run_id
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    for target, source in artifacts.items():
+                        folder, _, file_name = target.rpartition("/")
+                        staged = Path(tmp) / (folder or "_") / file_name
+                        staged.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(source, staged)
+                        self._call(self.client.log_artifact, run_id, str(staged), folder or None)
+                self._call(self.client.set_terminated, run_id)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.client.delete_run(run_id)
+                raise
+        return run_id
+
     def set_version_tags(self, version: str | int, values: dict[str, str]) -> None:
         """Set tags on a version, in the order given."""
         self._set_tags(int(self.version(version).version), values)
@@ -696,7 +755,10 @@ class Registry:
     ) -> Move:
         stage = ALIASES[alias]
         if len(reason) > MAX_REASON:  # refused up front: the event must fit in its tag
-            raise InputError(f"--reason is {len(reason)} characters; at most {MAX_REASON}")
+            raise InputError(
+                f"--reason is {len(reason)} characters; at most {MAX_REASON}",
+                in_python=f"reason is {len(reason)} characters; at most {MAX_REASON}",
+            )
         self.identity()  # a wrong login fails here, before anything is written
         with self._lock(), self._attempt(f"move @{alias} of {self.model_name}"):
             before = self.holder(alias)
@@ -745,13 +807,20 @@ class Registry:
         self, version: int, needs: tuple[str, ...], target: str, override: bool, reason: str
     ):
         if override and not reason.strip():
-            raise InputError("an override needs a written reason: --override --reason TEXT")
+            raise InputError(
+                "an override needs a written reason: --override --reason TEXT",
+                in_python='an override needs a written reason: override=True, reason="why"',
+            )
         verdicts = self.verdicts(version)
         missing = [f"{n} is {verdicts[n]}" for n in needs if verdicts[n] != "passed"]
         if missing and not override:
-            raise Refused(
+            refused = (
                 f"refused: {self.model_name} v{version} -> {target}: "
-                f"{' and '.join(missing)} (needs passed); use --override --reason TEXT to force"
+                f"{' and '.join(missing)} (needs passed)"
+            )
+            raise Refused(
+                f"{refused}; use --override --reason TEXT to force",
+                in_python=f'{refused}; pass override=True, reason="why" to force',
             )
 
     def stage(self, version: str | int, *, override: bool = False, reason: str = "") -> Move:
@@ -772,11 +841,16 @@ class Registry:
         approved = tuple(self.approvers(number, promoter))
         if len(approved) < needed and not override:
             others = f" ({', '.join(approved)})" if approved else ""
-            raise Refused(
+            refused = (
                 f"refused: {self.model_name} v{number} -> Production: needs {needed} "
                 f"approval(s) of v{number} by someone other than {promoter}, has "
-                f"{len(approved)}{others}; a reviewer runs `churnlab approve {number} "
-                "--reason TEXT`, or use --override --reason TEXT"
+                f"{len(approved)}{others}"
+            )
+            raise Refused(
+                f"{refused}; a reviewer runs `churnlab approve {number} --reason TEXT`, or use "
+                "--override --reason TEXT",
+                in_python=f"{refused}; a reviewer approves it (registry.approve({number}, "
+                'reason="why")), or pass override=True, reason="why"',
             )
         return self._move(PRODUCTION, number, "promote", reason.strip(), override, approved)
 
@@ -791,9 +865,15 @@ class Registry:
         number = int(mv.version)
         reason = reason.strip()
         if not reason:
-            raise InputError("an approval needs a written reason: --reason TEXT")
+            raise InputError(
+                "an approval needs a written reason: --reason TEXT",
+                in_python='an approval needs a written reason: reason="why"',
+            )
         if len(reason) > MAX_REASON:
-            raise InputError(f"--reason is {len(reason)} characters; at most {MAX_REASON}")
+            raise InputError(
+                f"--reason is {len(reason)} characters; at most {MAX_REASON}",
+                in_python=f"reason is {len(reason)} characters; at most {MAX_REASON}",
+            )
         who, source = self.identity()
         author = (mv.tags or {}).get(tags.REGISTERED_BY)
         if author and author == who:

@@ -200,7 +200,11 @@ def registry_summary(model_name: str) -> dict[str, Any]:
 def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any] | None) -> str:
     """The report's top: how the run went, then what the registry says."""
     parts = ['<section id="summary" class="wb-summary">', "<h1>churnlab workbook</h1>"]
-    parts.append(f"<p>Registry: {html.escape(store.redact(run.registry_label))}.")
+    parts.append(f'<p class="wb-kind">{html.escape(work.KINDS.get(run.kind, run.kind))}</p>')
+    parts.append(
+        f"<p>Registry: {html.escape(store.redact(run.registry_label))}, model "
+        f"{html.escape(run.model_name)}."
+    )
     if run.parameters:
         shown = ", ".join(f"{k} = {v!r}" for k, v in sorted(run.parameters.items()))
         parts.append(f" Parameters: <code>{html.escape(shown)}</code>.")
@@ -220,7 +224,8 @@ def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any]
             {
                 "notebook": name,
                 "status": r.status if r else "not run",
-                "seconds": f"{r.seconds:.1f}" if r else "",
+                "seconds": f"{r.seconds:.1f}" if r and r.status in ("ok", "failed") else "",
+                "note": store.redact(r.error) if r and r.status != "failed" else "",
             }
         )
     holders = facts.get("holders", {})
@@ -229,7 +234,7 @@ def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any]
     ]
     parts.append(
         '<div class="wb-row"><div><h2>Notebooks</h2>'
-        + _table(rows, ["notebook", "status", "seconds"])
+        + _table(rows, ["notebook", "status", "seconds", "note"])
         + "</div><div><h2>Stages</h2>"
         + _table(stage_rows, ["stage", "version"])
         + "</div></div>"
@@ -269,15 +274,21 @@ def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any]
     return "".join(parts)
 
 
-def build_report(
-    run: WorkbookRun, *, out: Path, model_name: str = store.DEFAULT_MODEL_NAME
-) -> Path:
-    """Write the report of ``run`` to ``out``; return it.
+def build_report(run: WorkbookRun, *, out: Path) -> Path:
+    """Write the report of ``run`` (on its model) to ``out``; return it.
 
-    "Your work" opens the page; the same summary goes to ``workbook.json`` beside ``out``.
-    Written to a temporary file and renamed, so a reader never sees half a report.
+    "Your work" opens the page; the same summary goes beside ``out`` as JSON
+    (``workbook.json`` for ``workbook.html``). Written to a temporary file and renamed, so
+    a reader never sees half a report.
     """
-    summary = work.work_summary(run.parameters, [r.path for r in run.runs], model_name=model_name)
+    model_name = run.model_name
+    summary = work.work_summary(
+        run.parameters,
+        [r.path for r in run.runs],
+        model_name=model_name,
+        kind=run.kind,
+        registry_label=run.registry_label,
+    )
     facts = registry_summary(model_name)
     verify = next((r for r in run.runs if r.name == "05_verify"), None)
     health = health_answers(verify.path) if verify else None
@@ -310,4 +321,10 @@ def build_report(
     return out
 
 
-__all__ = ["build_report", "health_answers", "network_references", "notebook_html"]
+def remove(out: Path) -> None:
+    """Remove a report and the JSON beside it (a stale partial report, say), if there."""
+    out.unlink(missing_ok=True)
+    out.with_suffix(".json").unlink(missing_ok=True)
+
+
+__all__ = ["build_report", "health_answers", "network_references", "notebook_html", "remove"]

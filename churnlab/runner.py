@@ -27,6 +27,8 @@ from churnlab.kernel import (
 )
 
 NOTEBOOKS = ("01_train", "02_gate", "03_staging", "04_promote", "05_verify")
+#: where a run that failed writes its report, beside the last complete one
+PARTIAL = "workbook.partial.html"
 
 #: the actor recorded by the committed notebooks' runs (nbval compares the history table)
 REFERENCE_ACTOR = "student"
@@ -34,29 +36,41 @@ REFERENCE_ACTOR = "student"
 
 @dataclass
 class NotebookRun:
-    """One executed notebook: where it was written, how long it took, how it ended."""
+    """One executed notebook: where it was written, how long it took, how it ended.
+
+    ``exit_code``: what the failure means for ``churnlab workbook`` (a churnlab error's own
+    code, such as 4 for a permission the server refused; else 1).
+    """
 
     name: str
     path: Path
     seconds: float
-    status: str = "ok"  # ok | failed
+    status: str = "ok"  # ok | failed | saved (a notebook as saved in JupyterLab, not re-run)
     error: str = ""
+    exit_code: int = 0
+
+
+#: the kinds of report: a replay executed headless, or the notebooks as saved in the lab
+REPLAY, LAB = "replay", "lab"
 
 
 @dataclass
 class WorkbookRun:
-    """What ``churnlab workbook`` did."""
+    """What ``churnlab workbook`` did (``kind`` replay), or what ``churnlab report`` found
+    in the notebooks as saved in JupyterLab (``kind`` lab)."""
 
     runs: list[NotebookRun]
     report: Path | None
     registry_label: str
     parameters: dict[str, Any]
     seconds: float = 0.0
+    kind: str = REPLAY
+    model_name: str = store.DEFAULT_MODEL_NAME
 
     @property
     def failed(self) -> NotebookRun | None:
         """The notebook that failed, or None."""
-        return next((r for r in self.runs if r.status != "ok"), None)
+        return next((r for r in self.runs if r.status == "failed"), None)
 
     @property
     def notebooks(self) -> tuple[str, ...]:
@@ -170,17 +184,29 @@ def _kind(parameter: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def registry_environment(
-    home: Path | None, actor: str | None = None, configure: bool = True
+    home: Path | None,
+    actor: str | None = None,
+    configure: bool = True,
+    model_name: str | None = None,
 ) -> Iterator[str]:
     """Point this process, and the kernels it starts, at a registry; restore on exit.
 
     ``home`` is a fresh embedded store's folder (emptied first; the tracking server
-    variables are ignored), or None for the store the environment already names.
+    variables and the project's config are ignored), or None for the store the
+    environment already names.
+    ``model_name`` becomes every notebook's model (``CHURNLAB_MODEL``).
     ``configure=False`` sets the environment only, leaving :func:`store.configure` (which
     imports MLflow, ~2 s) to the caller. Yields a label for the registry that is safe to
     print.
     """
-    keys = ("CHURNLAB_HOME", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "CHURNLAB_ACTOR")
+    keys = (
+        "CHURNLAB_HOME",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_REGISTRY_URI",
+        "CHURNLAB_ACTOR",
+        "CHURNLAB_MODEL",
+        "CHURNLAB_CONFIG",
+    )
     saved = {k: os.environ.get(k) for k in keys}
     # re-point MLflow afterwards only at a store that exists: never create the student's
     # .churnlab as a side effect of a run on a fresh registry
@@ -193,8 +219,12 @@ def registry_environment(
             os.environ["CHURNLAB_HOME"] = str(home)
             os.environ.pop("MLFLOW_TRACKING_URI", None)
             os.environ.pop("MLFLOW_REGISTRY_URI", None)
+            # nor a login's server: the run's parameters carry what the config said
+            os.environ["CHURNLAB_CONFIG"] = str(home / "no-config.toml")
         if actor:
             os.environ["CHURNLAB_ACTOR"] = actor
+        if model_name:
+            os.environ["CHURNLAB_MODEL"] = model_name
         if configure:
             store.configure()
         else:
@@ -217,6 +247,18 @@ def _label(home: Path | None) -> str:
         return f"fresh embedded registry in {home.relative_to(Path.cwd())}"
     except ValueError:
         return f"fresh embedded registry in {home}"
+
+
+def _exit_code(exc: BaseException) -> int:
+    """The exit code a notebook's failure gives ``churnlab workbook``: a churnlab error's
+    own (its class named by the failing cell), else 1."""
+    from papermill.exceptions import PapermillExecutionError
+
+    from churnlab.errors import exit_code_of
+
+    if isinstance(exc, PapermillExecutionError):
+        return exit_code_of(exc.ename) or 1
+    return getattr(exc, "exit_code", 1) or 1
 
 
 def _failure_line(name: str, exc: BaseException) -> str:
@@ -266,7 +308,7 @@ def run_workbook(
     parameters: dict[str, Any] | None = None,
     reuse_registry: bool = False,
     output: Path | None = None,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
     shared_kernel: bool = True,
     notebooks: Path | None = None,
     echo: Callable[[str], None] = print,
@@ -274,15 +316,34 @@ def run_workbook(
     """Run the selected notebooks in order, stop at the first failure, build the report.
 
     Executed notebooks go to ``<output>/executed/``, the report to
-    ``<output>/workbook.html``. Without ``reuse_registry`` the run uses a fresh embedded
-    registry in ``<output>/registry`` so that two runs tell the same story. The notebooks
-    run one after another in one kernel, reset in between (:class:`SharedKernel`), or each
-    in a kernel of its own with ``shared_kernel=False``. ``notebooks`` is another folder
-    holding the five notebooks (a student edition, say) instead of the project's.
+    ``<output>/workbook.html``; a run that fails writes ``workbook.partial.html`` beside
+    it and leaves the last complete report as it was. Without ``reuse_registry`` (and
+    not logged in: a login's server is the student's registry) the run uses a fresh
+    embedded registry in ``<output>/registry`` so that two runs tell the same story. Every
+    notebook uses one model, ``model_name`` (None: :func:`store.model_name`), and the
+    student :func:`churnlab.workbook.student_name` of ``parameters["student"]``. The
+    notebooks run one after another in one kernel, reset in between
+    (:class:`SharedKernel`), or each in a kernel of its own with ``shared_kernel=False``.
+    ``notebooks`` is another folder holding the five notebooks (a student edition, say)
+    instead of the project's.
     """
+    from churnlab.workbook import student_name
+
     skip_slow_format_checkers()
     names = select(only)
     parameters = dict(parameters or {})
+    student = student_name(parameters.get("student"))
+    if student is not None:
+        parameters["student"] = student
+    model_name = model_name or store.model_name()
+    if store.login_server() is not None:
+        reuse_registry = True  # after `churnlab login` the student's registry is the server
+    elif not reuse_registry and os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        echo(
+            f"churnlab workbook: MLFLOW_TRACKING_URI ({store.display_uri()}) is set, but this "
+            "run uses a fresh embedded registry; --reuse-registry (or churnlab login) runs on "
+            "that server"
+        )
     source_dir = Path(notebooks) if notebooks is not None else notebooks_dir()
     missing = [n for n in names if not (source_dir / f"{n}.ipynb").is_file()]
     if missing:
@@ -308,7 +369,9 @@ def run_workbook(
             store.ensure_experiment()
 
     actor = parameters.get("student")
-    with registry_environment(home, actor=actor, configure=reuse_registry) as label:
+    with registry_environment(
+        home, actor=actor, configure=reuse_registry, model_name=model_name
+    ) as label:
         if reuse_registry:  # an unreachable server fails here, before anything starts
             store.check_reachable()
         with contextlib.ExitStack() as kernels:
@@ -332,17 +395,90 @@ def run_workbook(
                 except Exception as exc:  # papermill's execution error, a dead kernel, ...
                     seconds = time.perf_counter() - t0
                     line = _failure_line(n, exc)
-                    runs.append(NotebookRun(n, path, seconds, "failed", line))
+                    runs.append(NotebookRun(n, path, seconds, "failed", line, _exit_code(exc)))
                     echo(f"  {n:12} FAILED {seconds:6.1f} s")
                     break
                 seconds = time.perf_counter() - t0
                 runs.append(NotebookRun(n, path, seconds))
                 echo(f"  {n:12} ok     {seconds:6.1f} s")
-        result = WorkbookRun(runs, None, label, parameters, time.perf_counter() - start)
-        result.report = report.build_report(
-            result, out=output / "workbook.html", model_name=model_name
+        result = WorkbookRun(
+            runs, None, label, parameters, time.perf_counter() - start, REPLAY, model_name
         )
+        complete = output / "workbook.html"
+        partial = output / PARTIAL
+        if result.failed is None:
+            result.report = report.build_report(result, out=complete)
+            report.remove(partial)
+        else:  # never replace a good report with a partial one
+            result.report = report.build_report(result, out=partial)
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def saved_state(path: Path) -> tuple[str, str]:
+    """How a notebook was saved in JupyterLab: ``saved`` (its cells ran), ``not run`` (no
+    output at all) or ``error`` (a cell's error is saved), with the error's line."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    ran = False
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        ran = ran or cell.get("execution_count") is not None or bool(cell.get("outputs"))
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                value = (output.get("evalue") or "").strip().splitlines()
+                line = f"{output.get('ename')}: {value[0] if value else ''}"
+                return "error", f"{path.stem} cell {index} shows {line}"
+    return ("saved", "") if ran else ("not run", f"{path.stem} was saved without outputs")
+
+
+def lab_report(
+    *,
+    output: Path | None = None,
+    notebooks: Path | None = None,
+    model_name: str | None = None,
+) -> WorkbookRun:
+    """``churnlab report``: the report of the notebooks as saved in JupyterLab (their outputs
+    and answers) and the registry the lab used; nothing is re-run.
+
+    The story's parameters are read from 01's saved parameters cell; the student is
+    :func:`churnlab.workbook.student_name` of it.
+    """
+    import ast
+
+    from churnlab.workbook import student_name
+
+    source = Path(notebooks) if notebooks is not None else notebooks_dir()
+    missing = [n for n in NOTEBOOKS if not (source / f"{n}.ipynb").is_file()]
+    if missing:
+        raise InputError(f"notebook(s) {missing} not found in {source}")
+    store.configure()
+    store.check_reachable()
+    parameters: dict[str, Any] = {}
+    for name, info in declared_parameters(source / f"{NOTEBOOKS[0]}.ipynb").items():
+        if name in ("student", "seed", "data"):
+            try:
+                value = ast.literal_eval(info.get("default", "None"))
+            except (ValueError, SyntaxError):
+                continue
+            if value is not None:
+                parameters[name] = value
+    student = student_name(parameters.get("student"))
+    if student is not None:
+        parameters["student"] = student
+    story_parameters(parameters)
+    runs = []
+    for n in NOTEBOOKS:
+        path = source / f"{n}.ipynb"
+        status, error = saved_state(path)
+        runs.append(NotebookRun(n, path, 0.0, status, error))
+    output = Path(output or store.project_root() / "reports").resolve()
+    result = WorkbookRun(
+        runs, None, store.display_uri(), parameters, 0.0, LAB, model_name or store.model_name()
+    )
+    result.report = report.build_report(result, out=output / "workbook.html")
     return result
 
 
@@ -363,7 +499,9 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
     with contextlib.ExitStack() as stack:
         if home is None:
             home = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "home"
-        stack.enter_context(registry_environment(home, actor=REFERENCE_ACTOR))
+        stack.enter_context(
+            registry_environment(home, actor=REFERENCE_ACTOR, model_name=store.DEFAULT_MODEL_NAME)
+        )
         for n in names:
             path = notebooks_dir() / f"{n}.ipynb"
             nb = nbformat.read(path, as_version=4)
@@ -386,18 +524,23 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
 
 
 __all__ = [
+    "LAB",
     "NOTEBOOKS",
+    "PARTIAL",
+    "REPLAY",
     "REFERENCE_ACTOR",
     "NotebookFailed",
     "NotebookRun",
     "WorkbookRun",
     "check_parameters",
     "declared_parameters",
+    "lab_report",
     "notebooks_dir",
     "parse_value",
     "registry_environment",
     "run_notebook",
     "run_workbook",
+    "saved_state",
     "select",
     "story_parameters",
     "update_notebooks",

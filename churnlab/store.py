@@ -1,10 +1,13 @@
 """Where the registry lives: the embedded store under the project, or a tracking server.
 
-With ``MLFLOW_TRACKING_URI`` unset every entry point uses one sqlite database and one
-artifact folder under ``<project>/.churnlab/`` (``CHURNLAB_HOME`` moves it). With it set,
-the same code talks to that server, authenticated by MLflow's own variables
-(``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``).
-Nothing here runs at import: entry points call :func:`configure`.
+With ``MLFLOW_TRACKING_URI`` unset and no ``churnlab login``, every entry point uses one
+sqlite database and one artifact folder under ``<project>/.churnlab/`` (``CHURNLAB_HOME``
+moves it). With it set, or after ``churnlab login URL`` (the project's config), the same
+code talks to that server, authenticated by MLflow's own credentials
+(``MLFLOW_TRACKING_TOKEN``, ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``, or
+``~/.mlflow/credentials``). After a login the model and the experiment are the user's own
+(``churn-model-<user>``, ``churnlab-<user>``). Nothing here runs at import: entry points
+call :func:`configure`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from churnlab import config
+from churnlab.config import project_root
 from churnlab.errors import ChurnlabError, PermissionDenied, RegistryUnavailable
 
 DEFAULT_MODEL_NAME = "churn-model"
 EXPERIMENT_NAME = "churnlab"
+#: a logged-in user's own model and experiment are these prefixes plus the user name
+MODEL_PREFIX = "churn-model-"
+EXPERIMENT_PREFIX = "churnlab-"
 SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 # Fail fast against an unreachable server instead of MLflow's minutes of retries: a server
@@ -48,31 +57,54 @@ _QUIET_DEFAULTS = {
 }
 
 
-def project_root() -> Path:
-    """The checkout this package belongs to (falls back to the working directory)."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").exists():
-        return here
-    return Path.cwd()
-
-
 def home() -> Path:
     """The embedded store's folder: ``$CHURNLAB_HOME`` or ``<project>/.churnlab``."""
     env = os.environ.get("CHURNLAB_HOME")
     return Path(env).expanduser().resolve() if env else project_root() / ".churnlab"
 
 
+def _chosen_uri() -> str | None:
+    """The server the user chose: ``MLFLOW_TRACKING_URI``, else the one ``churnlab login``
+    wrote to the project's config; None for the embedded store."""
+    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or config.get("tracking_uri")
+
+
 def is_remote() -> bool:
-    """True when ``MLFLOW_TRACKING_URI`` names a tracking server."""
-    return bool(os.environ.get("MLFLOW_TRACKING_URI", "").strip())
+    """True when the registry is a tracking server (``MLFLOW_TRACKING_URI``, or a login)."""
+    return _chosen_uri() is not None
 
 
 def tracking_uri() -> str:
     """The tracking and registry URI every entry point uses."""
+    return _chosen_uri() or f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def login_server() -> str | None:
+    """The server ``churnlab login`` chose, while it is the one in use (an
+    ``MLFLOW_TRACKING_URI`` naming another server overrides the login), else None."""
+    chosen = config.get("tracking_uri")
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if chosen is None or (env and env.rstrip("/") != chosen.rstrip("/")):
+        return None
+    return chosen
+
+
+def logged_in_user() -> str | None:
+    """The user of a ``churnlab login`` in use (its model and experiment are theirs), or None."""
+    return login_name() if login_server() else None
+
+
+def model_name() -> str:
+    """The registered model every command and notebook uses when none is named.
+
+    ``CHURNLAB_MODEL`` (what ``churnlab --model`` sets for a run's notebooks), else the
+    logged-in user's own ``churn-model-<user>``, else ``churn-model``.
+    """
+    env = os.environ.get("CHURNLAB_MODEL", "").strip()
     if env:
         return env
-    return f"sqlite:///{home() / 'mlflow.db'}"
+    user = logged_in_user()
+    return f"{MODEL_PREFIX}{user}" if user else DEFAULT_MODEL_NAME
 
 
 def artifact_root() -> str | None:
@@ -86,8 +118,9 @@ def redact(text: str) -> str:
     """Remove credentials from a URI or message: user:password@, token=… and secret values."""
     text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
     text = re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]+", r"\1***", text)
-    for name in SECRET_VARIABLES:
-        value = os.environ.get(name)
+    secrets = [os.environ.get(name) for name in SECRET_VARIABLES]
+    secrets.append(config.stored_password())  # the login ``churnlab login`` stored
+    for value in secrets:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
@@ -184,12 +217,17 @@ def dataset_source(artifact_uri: str) -> str:
 
 
 def experiment_name() -> str:
-    """The experiment runs are logged to: ``$CHURNLAB_EXPERIMENT`` or ``churnlab``.
+    """The experiment runs are logged to: ``$CHURNLAB_EXPERIMENT``, else the logged-in
+    user's own ``churnlab-<user>``, else ``churnlab``.
 
-    On a class server each student logs to their own (``churnlab-<user>``), which they
-    MANAGE: the others may read its runs but not change them.
+    On a class server each student logs to their own, which they MANAGE: the others may
+    read its runs but not change them.
     """
-    return os.environ.get("CHURNLAB_EXPERIMENT", "").strip() or EXPERIMENT_NAME
+    env = os.environ.get("CHURNLAB_EXPERIMENT", "").strip()
+    if env:
+        return env
+    user = logged_in_user()
+    return f"{EXPERIMENT_PREFIX}{user}" if user else EXPERIMENT_NAME
 
 
 def ensure_experiment(name: str | None = None) -> str:
@@ -216,8 +254,9 @@ CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
 
 
 def login_name() -> str | None:
-    """The user name MLflow sends to the server (``MLFLOW_TRACKING_USERNAME``), or None."""
-    return os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip() or None
+    """The user name MLflow sends to a server: ``MLFLOW_TRACKING_USERNAME``, else the one in
+    MLflow's credentials file (``churnlab login`` writes it there), or None."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME", "").strip() or config.stored_username()
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -363,6 +402,13 @@ def authenticated_user(timeout: float = 5.0) -> str | None:
     login the admin deleted) is :class:`PermissionDenied`; a 5xx, an auth app that cannot
     reach its database, is :class:`RegistryUnavailable`.
     """
+    found = current_user(timeout)
+    return found["username"] if found else None
+
+
+def current_user(timeout: float = 5.0) -> dict[str, Any] | None:
+    """The server's record of the logged-in user, ``{"username", "is_admin"}``, or None
+    when it does not say (as :func:`authenticated_user`)."""
     uri = tracking_uri()
     if urlsplit(uri).scheme not in ("http", "https") or not login_name():
         return None
@@ -389,7 +435,8 @@ def authenticated_user(timeout: float = 5.0) -> str | None:
     if response.status_code != 200:
         return None
     try:
-        name = response.json()["user"]["username"]
+        user = response.json()["user"]
+        name = user["username"]
     except (ValueError, KeyError, TypeError):
         return None
-    return str(name) if name else None
+    return {"username": str(name), "is_admin": bool(user.get("is_admin"))} if name else None

@@ -12,22 +12,22 @@ from churnlab.checks import Check
 
 if TYPE_CHECKING:
     from churnlab.registry import Registry
-    from churnlab.train import TrainResult
 
 #: checks whose measured value differs on every run (shown through the sanitizer, not in tables)
 VOLATILE_CHECKS = ("latency", "startup", "rss", "memory", "uptime", "_ms", "_s", "_mb")
 
 
 # ---------------------------------------------------------------------------- the registry
-def results_table(results: Sequence[TrainResult]) -> pd.DataFrame:
-    """One row per trained candidate: version, estimator, evaluation metrics."""
+def candidates_table(registry: Registry, versions: Sequence[int]) -> pd.DataFrame:
+    """One row per candidate: version, estimator, evaluation metrics, read from the registry."""
     rows = []
-    for r in results:
-        m = r.metrics
+    for version in versions:
+        evidence = registry.evidence(version)
+        m = evidence.metrics
         rows.append(
             {
-                "version": r.model_version,
-                "estimator": r.estimator,
+                "version": evidence.version,
+                "estimator": evidence.estimator or "?",
                 "accuracy": round(m["accuracy"], 4),
                 "roc_auc": round(m["roc_auc"], 4),
                 "f1": round(m["f1"], 4),
@@ -197,6 +197,6 @@ __all__ = [
     "history_table",
     "is_volatile",
     "measurements",
-    "results_table",
+    "candidates_table",
     "versions_table",
 ]

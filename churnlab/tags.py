@@ -39,6 +39,13 @@ EXERCISE_OWN = "churnlab.exercise.own"
 EXERCISE_STRICT_GATE = "churnlab.exercise.strict_gate"
 #: the exercise: what the production backend answered when Task 4's check saw it (JSON)
 EXERCISE_SERVED = "churnlab.exercise.served"
+#: the exercise: the hyperparameters the student set on their own candidate (JSON)
+EXERCISE_PARAMS = "churnlab.exercise.params"
+#: the walkthrough: which of its candidates a version is (baseline, logreg, retrain, main)
+WORKBOOK_CANDIDATE = "churnlab.workbook.candidate"
+#: the walkthrough: the story that trained it (student, seeds, rows, data, code commit), so
+#: that a notebook run again finds its candidates instead of training them twice
+WORKBOOK_STORY = "churnlab.workbook.story"
 
 # ---------------------------------------------------------------- on a run
 #: where the training data came from (a file name or ``synthetic:seed=…,rows=…``)
@@ -53,6 +60,20 @@ EVENT_PREFIX = "churnlab.event."
 APPROVAL_PREFIX = "churnlab.approval."
 #: the approvals a production move needs on this model, at least (set by a class's teacher)
 REQUIRED_APPROVALS = "churnlab.policy.production_approvals"
+
+# ---------------------------------------------------------------- on a hand-in run
+#: marks a run as a hand-in (``churnlab handin``): the value is the report's kind
+HANDIN = "churnlab.handin"
+#: the SHA-256 of the report handed in (its artifact ``handin/workbook.html``)
+HANDIN_DIGEST = "churnlab.handin.digest"
+#: the commit of the handout the student worked on
+HANDIN_COMMIT = "churnlab.handin.commit"
+#: the login the server checked when the report was handed in
+HANDIN_LOGIN = "churnlab.handin.login"
+#: the model the report describes
+HANDIN_MODEL = "churnlab.handin.model"
+#: what production's backend answered at hand-in (JSON), for Task 4
+HANDIN_SERVED = "churnlab.handin.served"
 
 #: the value of each verdict tag on a freshly registered version
 INITIAL_VERDICTS: dict[str, str] = {GATE_VERDICT: "pending", SMOKE_VERDICT: "none"}

@@ -64,6 +64,18 @@ def build_pipeline(estimator: str = "logreg", params: dict[str, Any] | None = No
     if estimator not in ESTIMATORS:
         raise InputError(f"estimator must be one of {list(ESTIMATORS)}, got {estimator!r}")
     params = dict(params or {})
+    kind = {
+        "logreg": LogisticRegression,
+        "forest": RandomForestClassifier,
+        "gbm": HistGradientBoostingClassifier,
+    }[estimator]
+    valid = sorted(kind().get_params())
+    unknown = sorted(str(k) for k in params if k not in valid)
+    if unknown:
+        raise InputError(
+            f"{estimator} ({kind.__name__}) has no hyperparameter {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(valid)}"
+        )
     categories = [list(schema.feature(c).values) for c in schema.CATEGORICAL]
     pre = ColumnTransformer(
         [
@@ -167,7 +179,12 @@ def fit(pipeline, parts: dict[str, pd.DataFrame], costs: CostMatrix) -> Fitted:
     """Fit on the training snapshot; score on the evaluation snapshot."""
     X_train, y_train = data_mod.features(parts["training"]), data_mod.labels(parts["training"])
     X_eval, y_eval = data_mod.features(parts["evaluation"]), data_mod.labels(parts["evaluation"])
-    pipeline.fit(X_train, y_train)
+    try:
+        pipeline.fit(X_train, y_train)
+    except (ValueError, TypeError) as exc:  # a hyperparameter scikit-learn refuses
+        if type(exc).__name__ != "InvalidParameterError":
+            raise
+        raise InputError(str(exc).splitlines()[0]) from None
     proba = pipeline.predict_proba(X_eval)[:, 1]
     return Fitted(
         pipeline=pipeline,
@@ -237,7 +254,7 @@ def log_model(fitted: Fitted):
 def train_candidate(
     frame: pd.DataFrame | None = None,
     *,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
     estimator: str = "logreg",
     params: dict[str, Any] | None = None,
     seed: int = data_mod.DEFAULT_SEED,
@@ -250,11 +267,14 @@ def train_candidate(
 
     ``frame`` is a validated Telco-layout frame (``data.load_csv``); without it the seeded
     synthetic generator makes ``rows`` customers. The data are split into training,
-    evaluation and drift-reference snapshots, each logged with its digest.
+    evaluation and drift-reference snapshots, each logged with its digest. ``model_name``
+    None is the run's model (:func:`churnlab.store.model_name`). A registration that fails
+    (a server that refuses it, say) deletes the run it would have described: no stray run.
     """
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
+    model_name = model_name or store.model_name()
     costs = costs or CostMatrix()
     pipeline = build_pipeline(estimator, params, seed)  # validates the estimator up front
     parts, total, source = split_data(frame, rows=rows, seed=seed, data_source=data_source)
@@ -266,35 +286,41 @@ def train_candidate(
 
     fitted = fit(pipeline, parts, costs)
     commit = git_commit()
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(snap_dir) if snap_dir else Path(tmp)
-        snaps = {kind: data_mod.write_snapshot(part, kind, folder) for kind, part in parts.items()}
-        with mlflow.start_run(experiment_id=experiment_id) as run:
-            mlflow.set_tags(
-                {
-                    tags.ESTIMATOR: estimator,
-                    tags.DATA_SOURCE: source,
-                    MLFLOW_GIT_COMMIT: commit or "unknown",
-                    tags.GIT_COMMIT: commit or "unknown",
-                }
-            )
-            mlflow.log_params(
-                {
-                    "estimator": estimator,
-                    "seed": seed,
-                    "rows": total,
-                    **{f"clf_{k}": v for k, v in (params or {}).items()},
-                    **costs.as_params(),
-                }
-            )
-            mlflow.log_metrics(fitted.metrics)
-            log_snapshots(parts, snaps)
-            log_evidence(fitted, data_mod.labels(parts["evaluation"]))
-            info, extra_tags = log_model(fitted)
-            run_id = run.info.run_id
-    version = register(
-        model_name, info, run_id, estimator, snaps, fitted.metrics, description, extra_tags
-    )
+    run_id = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(snap_dir) if snap_dir else Path(tmp)
+            snaps = {k: data_mod.write_snapshot(part, k, folder) for k, part in parts.items()}
+            with mlflow.start_run(experiment_id=experiment_id) as run:
+                run_id = run.info.run_id
+                mlflow.set_tags(
+                    {
+                        tags.ESTIMATOR: estimator,
+                        tags.DATA_SOURCE: source,
+                        MLFLOW_GIT_COMMIT: commit or "unknown",
+                        tags.GIT_COMMIT: commit or "unknown",
+                    }
+                )
+                mlflow.log_params(
+                    {
+                        "estimator": estimator,
+                        "seed": seed,
+                        "rows": total,
+                        **{f"clf_{k}": v for k, v in (params or {}).items()},
+                        **costs.as_params(),
+                    }
+                )
+                mlflow.log_metrics(fitted.metrics)
+                log_snapshots(parts, snaps)
+                log_evidence(fitted, data_mod.labels(parts["evaluation"]))
+                info, extra_tags = log_model(fitted)
+        version = register(
+            model_name, info, run_id, estimator, snaps, fitted.metrics, description, extra_tags
+        )
+    except BaseException:
+        if run_id is not None:
+            _discard(run_id)
+        raise
     return TrainResult(
         run_id=run_id,
         model_name=model_name,
@@ -306,6 +332,16 @@ def train_candidate(
         },
         git_commit=commit,
     )
+
+
+def _discard(run_id: str) -> None:
+    """Delete the run of a candidate that could not be registered (best effort)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().delete_run(run_id)
+    except Exception:  # noqa: BLE001 - the registration's own error is the one to report
+        pass
 
 
 def trusted_types(pipeline) -> list[str] | None:

@@ -20,13 +20,21 @@ from churnlab import exercises, store, tags
 
 FORMAT = "churnlab-work/1"
 SCRIPT_ID = "churnlab-work"
+#: what each kind of report is, as the report and the grade say it
+KINDS: dict[str, str] = {
+    "replay": "A replay: churnlab workbook executed every notebook headless (make workbook).",
+    "lab": (
+        "The lab's own work: churnlab report built this from the notebooks as saved in "
+        "JupyterLab and the registry they used; nothing was re-run."
+    ),
+}
 #: what an answer cell of the student edition holds until the student writes (nbgrader's)
 PLACEHOLDER = "YOUR ANSWER HERE"
 #: the questions, in the report's order (the extension's answer is optional)
 QUESTIONS: dict[str, str] = {
     "q1": 'Why is deploying "whatever merged to main" dangerous?',
     "q2": "What does a registry stage or alias give that a git tag does not?",
-    "q3": "Why can production fail when staging passed?",
+    "q3": "What can make production fail when staging passed?",
     "q4": "Where does data versioning belong?",
     "q5": "What does a gate need beyond accuracy?",
     "extension": "Extension (optional): a public endpoint",
@@ -79,12 +87,17 @@ def work_summary(
     parameters: Mapping[str, Any],
     notebooks: Iterable[Path],
     *,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
+    kind: str = "replay",
+    registry_label: str = "",
 ) -> dict[str, Any]:
-    """The student's work after a run with ``parameters`` (``student``, ``seed``, ``data``).
+    """The student's work after a run with ``parameters`` (``student``, ``seed``, ``data``)
+    on ``model_name`` (None: :func:`store.model_name`): ``kind`` says how the report was made
+    (:data:`KINDS`), ``registry_label`` which registry it read.
 
     Never raises for an unreadable registry: the tasks then say so, one line each.
     """
+    model_name = model_name or store.model_name()
     from churnlab import workbook
 
     story = workbook.Story.of(
@@ -119,6 +132,8 @@ def work_summary(
         )
     return {
         "format": FORMAT,
+        "kind": kind,
+        "registry": store.redact(registry_label),
         "student": story.student,
         "seed": story.base_seed,
         "model_name": model_name,
@@ -149,6 +164,32 @@ def read_work(html_text: str) -> dict[str, Any] | None:
     return found
 
 
+def visible_work(html_text: str) -> dict[str, Any] | None:
+    """What a report's visible "Your work" section shows: each task's mark (True: done) and
+    each question's answer text ("" when it shows "not answered"); None without it.
+
+    The grade compares it with the JSON the same page embeds: an edit to one of the two
+    alone shows as a disagreement.
+    """
+    section = re.search(r'<section id="your-work".*?</section>', html_text, re.S)
+    if section is None:
+        return None
+    body = section.group(0)
+    tasks = {
+        key: 'class="wb-ok"' in row
+        for key, row in re.findall(r'<tr data-task="([^"]*)">(.*?)</tr>', body, re.S)
+    }
+    answers = {
+        key: html.unescape(text or "").strip()
+        for key, text in re.findall(
+            r'<div class="wb-question" data-question="([^"]*)"><h3>[^<]*</h3>'
+            r'(?:<div class="wb-answer">([^<]*)</div>)?',
+            body,
+        )
+    }
+    return {"tasks": tasks, "answers": answers}
+
+
 def write_json(summary: Mapping[str, Any], path: Path) -> Path:
     """Write the summary as JSON (a temporary file renamed, never half written)."""
     tmp = path.with_suffix(".json.tmp")
@@ -163,9 +204,12 @@ def work_html(summary: Mapping[str, Any]) -> str:
     who = html.escape(student) if student else "the reference story (no student name given)"
     data = summary.get("data") or {}
     digests = ", ".join(f"{k} {v}" for k, v in sorted((data.get("digests") or {}).items()))
+    kind = str(summary.get("kind") or "replay")
     parts = [
         '<section id="your-work" class="wb-summary wb-work">',
         "<h1>Your work</h1>",
+        f'<p class="wb-kind" data-kind="{html.escape(kind)}">'
+        f"{html.escape(KINDS.get(kind, kind))}</p>",
         f'<p class="wb-student">Student: <b>{who}</b> · seed {summary.get("seed")} · '
         f"data: {html.escape(str(data.get('source', '')))}, {data.get('rows', 0)} rows"
         + (f" · digests: <code>{html.escape(digests)}</code>" if digests else "")
@@ -178,7 +222,8 @@ def work_html(summary: Mapping[str, Any]) -> str:
         mark = '<span class="wb-ok">done</span>' if done else '<span class="wb-bad">not yet</span>'
         text = task.get("evidence") if done else task.get("missing")
         parts.append(
-            f"<tr><td>{html.escape(task.get('id', ''))}: {html.escape(task.get('title', ''))}"
+            f'<tr data-task="{html.escape(str(task.get("id", "")))}">'
+            f"<td>{html.escape(task.get('id', ''))}: {html.escape(task.get('title', ''))}"
             f"</td><td>{mark}</td><td>{html.escape(text or '')}</td></tr>"
         )
     parts.append("</tbody></table><h2>Questions</h2>")
@@ -191,19 +236,24 @@ def work_html(summary: Mapping[str, Any]) -> str:
             )
         else:
             body = '<p class="wb-bad wb-unanswered">not answered</p>'
-        parts.append(f'<div class="wb-question"><h3>{html.escape(title)}</h3>{body}</div>')
+        parts.append(
+            f'<div class="wb-question" data-question="{html.escape(str(q.get("id", "")))}">'
+            f"<h3>{html.escape(title)}</h3>{body}</div>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
 
 __all__ = [
     "FORMAT",
+    "KINDS",
     "PLACEHOLDER",
     "QUESTIONS",
     "answers",
     "embed",
     "is_answered",
     "read_work",
+    "visible_work",
     "work_html",
     "work_summary",
     "write_json",

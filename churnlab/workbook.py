@@ -1,37 +1,39 @@
-"""What the notebooks call: whose story they tell, the candidates they train, the versions
-they pick, refusals, a backend that follows its alias, four eyes by a second person, the
-customers most at risk, and the student's own candidate for the "Your turn" tasks.
+"""What the notebooks call: the session and story they run in, the candidates they train or
+find again, the versions each step picks, and the student's own candidate.
 
-The tables they show are in :mod:`churnlab.tables`, the drift check in
-:mod:`churnlab.drift`, the tasks' checks in :mod:`churnlab.exercises`; the runner behind
-``churnlab workbook`` is :mod:`churnlab.runner`.
+Every notebook can run again on the registry it left: a step finds what an earlier run
+recorded (the same story's candidates, a gate verdict under the same policy, a version in
+staging), says so and goes on; a notebook run before the one it builds on stops with one
+line naming what to run first (:class:`~churnlab.errors.OutOfOrder`). In a notebook, any
+error a user can cause shows as that one line (``%tb`` shows the traceback).
+
+A backend that follows its alias and four eyes are in :mod:`churnlab.walkthrough`, the
+retention list in :mod:`churnlab.retention`, the tables in :mod:`churnlab.tables`, the
+tasks' checks in :mod:`churnlab.exercises`.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
+import hashlib
 import json
-import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from churnlab import exercises, store, tags
+from churnlab import config, exercises, store, tags
 from churnlab.drift import drift_check  # 05_verify's ``drift`` parameter hides the module
-from churnlab.errors import InputError, Refused
+from churnlab.errors import ChurnlabError, InputError, OutOfOrder, Refused
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from churnlab.backend import Backend
-    from churnlab.gate import GateResult
-    from churnlab.registry import Approval, Registry
+    from churnlab.gate import GateResult, Policy
+    from churnlab.registry import Move, Registry
     from churnlab.train import TrainResult
 
 DEFAULT_SEED = 42
@@ -40,16 +42,17 @@ DEFAULT_ROWS = 7043
 REFERENCE_SEEDS: dict[str, int] = {"retrain": 7, "main": 11}
 #: a student's later candidates: the base seed plus these offsets
 SEED_OFFSETS: dict[str, int] = {"base": 0, "retrain": 1, "main": 2}
-#: the ``/health`` fields of a following backend that two correct runs share (``last_check``
-#: and the switches' times change on every run)
-FOLLOW_FIELDS: tuple[str, ...] = ("model_version", "alias_version", "following", "reason")
-#: seconds a following backend is given to load, prove and swap in a version its alias names
-SWITCH_TIMEOUT_S = 120.0
-#: the seed of the retention team's batch of customers (05): new customers, always the same
-AT_RISK_SEED = 2024
 
 
 # ---------------------------------------------------------------------------- whose story
+def student_name(student: str | None = None) -> str | None:
+    """Whose story: ``student`` when given, else the name ``churnlab config student`` set,
+    else the logged-in user's login, else None (the reference story)."""
+    if student is not None and str(student).strip():
+        return str(student)
+    return config.get("student") or store.logged_in_user()
+
+
 @dataclass(frozen=True)
 class Story:
     """Whose story the notebooks tell: the student, the seeds from the name, the data.
@@ -111,6 +114,25 @@ class Story:
         """``synthetic`` or the CSV's file name."""
         return "synthetic" if self.data is None else Path(self.data).name
 
+    def key(self, role: str = "base") -> str:
+        """What makes two trainings of one candidate the same model: the student, the
+        role's seed, the rows, the data file's content and the code's commit."""
+        from churnlab import train
+
+        data = "synthetic" if self.data is None else _file_digest(self.data)
+        who = self.student or "reference"
+        commit = train.git_commit() or "unknown"
+        return f"{who}|seed={self.seed_for(role)}|rows={self.rows}|data={data}|code={commit}"
+
+    def line(self, details: bool = True) -> str:
+        """One line naming the story (with its seed and data: ``details``), and how to make
+        it your own when it is not yet."""
+        told = f" (seed {self.base_seed}, {self.source} data)"
+        told = told if details else ""
+        if self.student is not None:
+            return f"story: {self.student}'s{told}"
+        return f"story: the reference story{told}; {_HOW_TO_NAME}"
+
     def frame(self) -> pd.DataFrame | None:
         """The CSV's validated rows, or None for synthetic data."""
         return None if self.data is None else _load_csv(self.data)
@@ -122,14 +144,14 @@ class Story:
         *,
         role: str = "base",
         description: str = "",
-        model_name: str = store.DEFAULT_MODEL_NAME,
+        model_name: str | None = None,
     ) -> TrainResult:
         """Train and register one candidate on this story's data with the role's seed."""
         from churnlab import train
 
         return train.train_candidate(
             self.frame(),
-            model_name=model_name,
+            model_name=model_name or store.model_name(),
             estimator=estimator,
             params=params,
             seed=self.seed_for(role),
@@ -139,11 +161,83 @@ class Story:
         )
 
 
+_HOW_TO_NAME = (
+    'no student name is set: `churnlab config student "Your Name"` in a terminal makes it '
+    "yours (then restart the kernel)"
+)
+
+
 @functools.lru_cache(maxsize=4)
 def _load_csv(path: str) -> pd.DataFrame:
     from churnlab import data
 
     return data.load_csv(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _file_digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------- a notebook's session
+def begin(
+    notebook: str,
+    *,
+    student: str | None = None,
+    data: str | None = None,
+    seed: int | None = None,
+    rows: int = DEFAULT_ROWS,
+) -> tuple[Registry, Story]:
+    """A notebook's first cell: point MLflow at the registry, show churnlab's errors in one
+    line, and print which registry, model and story this run tells.
+
+    The model is the run's one model (``churnlab --model``, a login's own, or
+    ``churn-model``); the student is :func:`student_name` of ``student``. ``seed`` is given
+    by the notebook that trains the first candidates (01): its story line names the seed
+    and the data.
+    """
+    from churnlab.registry import Registry
+
+    store.configure()
+    show_errors_in_one_line()
+    registry = Registry()
+    story = Story.of(
+        student_name(student), data=data, seed=DEFAULT_SEED if seed is None else seed, rows=rows
+    )
+    print(f"{notebook}: registry {store.display_uri()}, model {registry.model_name}")
+    print(story.line(details=seed is not None))
+    return registry, story
+
+
+def one_line(exc: BaseException) -> str:
+    """A churnlab error as the one line a notebook shows: its class and its Python wording."""
+    text = getattr(exc, "in_python", None) or str(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def show_errors_in_one_line() -> bool:
+    """In IPython, show every churnlab error as one line instead of a traceback.
+
+    ``%tb`` still prints the whole traceback. The cell still fails (a notebook run stops
+    there), so nothing after it runs on a state it did not expect. False outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # plain Python: nothing to change
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def handler(shell, etype, value, tb, tb_offset=None):
+        sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # for %tb
+        sys.last_exc = value
+        line = f"{one_line(value)}   (%tb shows the traceback)"
+        shell._showtraceback(etype, value, [line])  # noqa: SLF001 - IPython's display hook
+        return [line]
+
+    shell.set_custom_exc((ChurnlabError,), handler)
+    return True
 
 
 # ---------------------------------------------------------------------------- candidates
@@ -182,19 +276,82 @@ def candidate_names(names: str | Sequence[str]) -> list[str]:
     return chosen
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The walkthrough's candidates of one story: their versions, which were trained now and
+    which an earlier run had registered already."""
+
+    versions: dict[str, int]
+    new: tuple[int, ...]
+
+    @property
+    def found(self) -> tuple[int, ...]:
+        return tuple(v for v in self.versions.values() if v not in self.new)
+
+    def summary(self) -> str:
+        """One line: what was registered now and what was found."""
+        parts = []
+        if self.new:
+            named = ", ".join(f"v{v} ({n})" for n, v in self.versions.items() if v in self.new)
+            parts.append(f"registered {named} with gate pending and no stage")
+        if self.found:
+            named = ", ".join(f"v{v} ({n})" for n, v in self.versions.items() if v not in self.new)
+            parts.append(
+                f"found {named}, registered by an earlier run of this story: not trained again"
+            )
+        return "; ".join(parts)
+
+
+def register_candidates(
+    registry: Registry, story: Story, names: str | Sequence[str], *, again: bool = False
+) -> Candidates:
+    """Each named candidate of ``story``: found when an earlier run registered it (same
+    story, same code), else trained and registered now. ``again`` trains them anew (04's
+    retrained candidate, which arrives fresh each time the story reaches it)."""
+    versions: dict[str, int] = {}
+    new: list[int] = []
+    for name in candidate_names(names):
+        spec = CANDIDATES[name]
+        key = story.key(spec.role)
+        found = None if again else _newest(registry, name, key)
+        if found is None:
+            found = story.train(
+                spec.estimator,
+                spec.params,
+                role=spec.role,
+                description=spec.description,
+                model_name=registry.model_name,
+            ).model_version
+            registry.set_version_tags(
+                found, {tags.WORKBOOK_CANDIDATE: name, tags.WORKBOOK_STORY: key}
+            )
+            new.append(found)
+        versions[name] = found
+    return Candidates(versions, tuple(new))
+
+
+def _newest(registry: Registry, name: str, key: str | None = None) -> int | None:
+    """The newest version of the walkthrough's candidate ``name`` (of story ``key``)."""
+    found = [
+        int(v.version)
+        for v in registry.versions()
+        if (v.tags or {}).get(tags.WORKBOOK_CANDIDATE) == name
+        and (key is None or (v.tags or {}).get(tags.WORKBOOK_STORY) == key)
+    ]
+    return max(found, default=None)
+
+
 def train_candidates(
     names: str | Sequence[str],
     *,
     rows: int = DEFAULT_ROWS,
     seed: int = DEFAULT_SEED,
     story: Story | None = None,
-    model_name: str = store.DEFAULT_MODEL_NAME,
+    model_name: str | None = None,
 ) -> list[TrainResult]:
-    """Train and register each named candidate in order; return the ``TrainResult`` list.
-
-    On ``story``'s data and seeds; without one, the reference story with ``seed`` and
-    ``rows`` of synthetic data.
-    """
+    """Train and register each named candidate in order (always anew, untagged); return the
+    ``TrainResult`` list. On ``story``'s data and seeds; without one, the reference story
+    with ``seed`` and ``rows`` of synthetic data."""
     story = story or Story(seed=seed, rows=rows)
     return [
         story.train(
@@ -208,244 +365,128 @@ def train_candidates(
     ]
 
 
-# ---------------------------------------------------------------------------- your turn
-def train_own(
-    story: Story,
-    estimator: str,
-    params: dict[str, Any] | None = None,
-    *,
-    model_name: str = store.DEFAULT_MODEL_NAME,
-) -> TrainResult:
-    """Train the student's own candidate (Task 1) on the story's data; tag it as theirs."""
-    from churnlab.registry import Registry
-
-    shown = ", ".join(f"{k}={v!r}" for k, v in sorted((params or {}).items()))
-    result = story.train(
-        estimator,
-        params,
-        description=f"your candidate: {estimator}({shown})",
-        model_name=model_name,
-    )
-    Registry(model_name).set_version_tags(
-        result.model_version, {tags.EXERCISE_OWN: story.student or "reference"}
-    )
-    return result
+# ---------------------------------------------------------------------------- 02: the gate
+#: the roles of the candidates 01 trains (04's and 05's arrive later and wait elsewhere)
+_FIRST_ROLE = "base"
 
 
-def my_candidate(registry: Registry) -> int:
-    """The student's newest own candidate (trained with :func:`train_own`).
-
-    Refused in one line when there is none: Task 1 in 01 trains it.
-    """
-    own = exercises.own_versions(registry)
-    if not own:
-        raise InputError(
-            f"no candidate of your own in {registry.model_name}: train one in 01's Your turn "
-            "cell (workbook.train_own)"
-        )
-    return own[-1]
+def _is_later_candidate(version: Any) -> bool:
+    name = (getattr(version, "tags", None) or {}).get(tags.WORKBOOK_CANDIDATE)
+    return name in CANDIDATES and CANDIDATES[name].role != _FIRST_ROLE
 
 
-def replay_gate(registry: Registry, version: int, accuracy_min: float = 0.9) -> GateResult:
-    """Run the gate on ``version`` with a stricter accuracy (the exercise's first run: 0.90).
-
-    Records the verdict like any gate run, and the replay itself on the version
-    (:data:`churnlab.tags.EXERCISE_STRICT_GATE`), so Task 1's check can see it later.
-    """
-    from churnlab import gate
-    from churnlab.registry import STAGING
-
-    result = gate.run_gate(
-        version, registry=registry, policy=gate.Policy.load(accuracy_min=accuracy_min)
-    )
-    record = {
-        "accuracy_min": accuracy_min,
-        "verdict": result.verdict,
-        "summary": result.summary(),
-        "staged": registry.holder(STAGING) == int(version),
-    }
-    registry.set_version_tags(version, {tags.EXERCISE_STRICT_GATE: json.dumps(record)})
-    return result
-
-
-def stop_backends() -> int:
-    """Stop the serving backends this process started and left running; return how many."""
-    import os
-    import signal
-
-    stopped = 0
-    for found in exercises.running_backends():
-        try:
-            os.kill(found.pid, signal.SIGTERM)
-            os.waitpid(found.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            continue
-        stopped += 1
-    return stopped
-
-
-# ---------------------------------------------------------------------------- following
-def start_following(
-    stage: str, *, poll_interval_s: float = 0.5, model_name: str = store.DEFAULT_MODEL_NAME
-) -> Backend:
-    """Start a backend that follows ``stage``'s alias (as ``churnlab serve --follow``,
-    reading the alias every ``poll_interval_s`` seconds) and wait until it answers.
-
-    Stop it with its ``stop()``; it is stopped at the latest when this process exits.
-    """
-    from churnlab.backend import Backend
-    from churnlab.follow import validate_poll_interval
-
-    seconds = validate_poll_interval(poll_interval_s, "poll_interval_s")
-    env = {"MODEL_FOLLOW": "true", "MODEL_POLL_INTERVAL": f"{seconds:g}"}
-    started = Backend(stage, model_name=model_name, env=env)
-    atexit.register(started.stop)
-    return started.start().wait_ready()
-
-
-def follow_health(backend: Backend) -> dict[str, Any]:
-    """The backend's ``/health`` answer, only the fields in :data:`FOLLOW_FIELDS`."""
-    answer = backend.health()
-    return {name: answer.get(name) for name in FOLLOW_FIELDS}
-
-
-def wait_until_serving(
-    backend: Backend, version: int, timeout: float = SWITCH_TIMEOUT_S
-) -> dict[str, Any]:
-    """Wait until a following backend serves ``version`` and its alias names it; return
-    :func:`follow_health`. Raises :class:`~churnlab.backend.BackendFailed` after
-    ``timeout`` seconds, naming what it serves instead and why."""
-    from churnlab.backend import BackendFailed
-
-    deadline = time.monotonic() + timeout
-    while True:
-        health = follow_health(backend)
-        if health["model_version"] == int(version) == health["alias_version"]:
-            return health
-        if time.monotonic() >= deadline:
-            raise BackendFailed(
-                f"the {backend.stage} backend still serves v{health['model_version']} after "
-                f"{timeout:.0f} s (@{backend.stage} names v{health['alias_version']}): "
-                f"{health['reason'] or 'no switch yet'}",
-                backend.output(),
-            )
-        time.sleep(0.1)
-
-
-def switches_table(backend: Backend) -> pd.DataFrame:
-    """Every switch a following backend made (its ``/metadata``), oldest first: from, to,
-    trigger (the times and load durations are left out: they change on every run)."""
-    import pandas as pd
-
-    response = backend.session.get(backend.url + "/metadata", timeout=10)
-    response.raise_for_status()
-    rows = [
-        {"from": f"v{s['from']}", "to": f"v{s['to']}", "trigger": s["trigger"]}
-        for s in response.json().get("switches") or []
-    ]
-    return pd.DataFrame(rows, columns=["from", "to", "trigger"])
-
-
-# ---------------------------------------------------------------------------- four eyes
-@contextlib.contextmanager
-def acting_as(name: str) -> Iterator[str]:
-    """Act as another declared person inside the block (``CHURNLAB_ACTOR``), then restore
-    whoever acted before. On a server that authenticates the login decides, not this."""
-    person = str(name).strip()
-    if not person:
-        raise InputError(f"name must be a person's name, got {name!r}")
-    before = os.environ.get("CHURNLAB_ACTOR")
-    os.environ["CHURNLAB_ACTOR"] = person
-    try:
-        yield person
-    finally:
-        if before is None:
-            os.environ.pop("CHURNLAB_ACTOR", None)
-        else:
-            os.environ["CHURNLAB_ACTOR"] = before
-
-
-def approve_as(registry: Registry, person: str, version: int, reason: str) -> Approval:
-    """``person`` approves ``version`` for production (:meth:`Registry.approve`)."""
-    with acting_as(person):
-        return registry.approve(version, reason=reason)
-
-
-# ---------------------------------------------------------------------------- at risk
-@dataclass(frozen=True)
-class AtRisk:
-    """The customers most likely to churn, by the version a stage holds."""
-
-    stage: str
-    version: int
-    scorer: str  # "onnx" or "sklearn"
-    scored: int
-    rejected: int
-    customers: pd.DataFrame  # rank -> customerID, churn_probability, churn, context
-
-    def summary(self) -> str:
-        """One line: how many were scored, by what, and where the list starts and ends."""
-        found = self.customers["churn_probability"]
-        return (
-            f"Scored {self.scored:,} customers with v{self.version} ({self.scorer}, "
-            f"@{self.stage}); {self.rejected:,} rejected. The {len(self.customers)} most at "
-            f"risk: churn probability {found.iloc[0]:.4f} down to {found.iloc[-1]:.4f}."
-        )
-
-
-#: the columns shown beside each at-risk customer's score (why a caller would phone them)
-AT_RISK_CONTEXT: tuple[str, ...] = ("Contract", "tenure", "MonthlyCharges", "InternetService")
-
-
-def new_customers(rows: int, seed: int = AT_RISK_SEED) -> pd.DataFrame:
-    """``rows`` new synthetic customers in the Telco layout, the same ones on every run."""
-    from churnlab import data
-
-    return data.generate(int(rows), seed=seed)
-
-
-def top_at_risk(registry: Registry, stage: str, customers: pd.DataFrame, n: int = 100) -> AtRisk:
-    """The ``n`` customers of ``customers`` (Telco layout) most likely to churn, scored by
-    the version ``stage`` holds exactly as ``churnlab score`` scores a file (the served
-    scorer; rows the schema refuses are left out and counted).
-
-    Highest probability first, ties broken by customerID, so the list is the same on every
-    run; probabilities rounded to 4 decimals.
-    """
-    from churnlab import batch, schema
-    from churnlab.registry import parse_stage
-
-    if int(n) < 1:
-        raise InputError(f"n must be a positive number of customers, got {n!r}")
-    stage = parse_stage(stage)
-    scorer = batch.served_scorer(registry, stage)
-    version = scorer.version
-    checked = batch.check_chunk(customers)
-    scores = batch.score_chunk(scorer, checked)
-    if schema.ID_COLUMN not in scores:
-        scores.insert(0, schema.ID_COLUMN, [f"row-{i}" for i in range(len(scores))])
-    kinds = {f.name: f.kind for f in schema.FEATURES}
-    for name in AT_RISK_CONTEXT:  # as the customer file has them: tenure in whole months
-        values = checked.columns[name]
-        scores[name] = values.astype("int64") if kinds[name] == "integer" else values
-    ranked = scores.sort_values(
-        [batch.PROBABILITY, schema.ID_COLUMN], ascending=[False, True], kind="mergesort"
-    ).head(int(n))
-    ranked = ranked.assign(**{batch.PROBABILITY: ranked[batch.PROBABILITY].round(4)})
-    ranked.index = range(1, len(ranked) + 1)
-    ranked.index.name = "rank"
-    return AtRisk(stage, version, scorer.kind, checked.accepted, len(checked.rejects), ranked)
-
-
-# ---------------------------------------------------------------------------- versions
 def pending_versions(registry: Registry) -> list[int]:
-    """Versions whose gate verdict is still pending, oldest first (the student's own
-    candidates left out: they are the student's task)."""
+    """Versions whose gate verdict is still pending, oldest first: the student's own
+    candidates and the later walkthrough's (04's retrained, 05's from main) left out."""
     return [
         int(v.version)
         for v in registry.versions()
-        if (v.tags or {}).get(tags.GATE_VERDICT, "pending") == "pending" and not exercises.is_own(v)
+        if (v.tags or {}).get(tags.GATE_VERDICT, "pending") == "pending"
+        and not exercises.is_own(v)
+        and not _is_later_candidate(v)
     ]
+
+
+def to_judge(registry: Registry) -> list[int]:
+    """What 02 judges: the versions waiting for the gate, or else the candidates the latest
+    run of 01 registered (judged already: their recorded verdicts are shown again).
+
+    :class:`OutOfOrder` when 01 has registered nothing yet.
+    """
+    pending = pending_versions(registry)
+    if pending:
+        return pending
+    first = [
+        v
+        for v in registry.versions()
+        if (name := (v.tags or {}).get(tags.WORKBOOK_CANDIDATE)) in CANDIDATES
+        and CANDIDATES[name].role == _FIRST_ROLE
+    ]
+    if not first:
+        raise OutOfOrder(
+            f"02_gate judges the candidates 01_train registers, and {registry.model_name} has "
+            "none: run 01_train first"
+        )
+    story = (first[-1].tags or {}).get(tags.WORKBOOK_STORY)
+    names = {(v.tags or {}).get(tags.WORKBOOK_CANDIDATE) for v in first}
+    return sorted(filter(None, (_newest(registry, n, story) for n in names)))
+
+
+@dataclass
+class Judged:
+    """02's gate results by version, and what was judged now or found judged already."""
+
+    results: dict[int, GateResult]
+    lines: list[str]
+
+
+def judge(registry: Registry, versions: Sequence[int], policy: Policy) -> Judged:
+    """Run the gate on each version still pending and record it; a version judged already
+    under the same policy shows its recorded result. Under another policy it is judged
+    again, unless it holds a stage: a version in service keeps its recorded verdict."""
+    from churnlab import gate
+    from churnlab.registry import PRODUCTION, STAGING
+
+    in_service = {registry.holder(STAGING), registry.holder(PRODUCTION)}
+    results: dict[int, GateResult] = {}
+    lines = []
+    for version in versions:
+        recorded = None
+        if registry.verdicts(version)["gate"] != "pending":
+            recorded = gate.recorded_result(registry, version)
+        if recorded is not None and recorded.policy == policy.to_dict():
+            lines.append(f"v{version}: judged already under this policy: {recorded.verdict}")
+            results[version] = recorded
+        elif recorded is not None and version in in_service:
+            lines.append(
+                f"v{version}: judged already ({recorded.verdict}) under another policy; it "
+                "holds a stage, so its recorded verdict stands"
+            )
+            results[version] = recorded
+        else:
+            results[version] = gate.run_gate(version, registry=registry, policy=policy)
+    return Judged(results, lines)
+
+
+# ---------------------------------------------------------------------------- 03: staging
+@dataclass(frozen=True)
+class Staged:
+    """What 03 smoke-checks: the version staging holds and how it got there."""
+
+    version: int
+    message: str
+
+
+def stage_next(registry: Registry, version: int | None = None) -> Staged:
+    """03's move: stage ``version``, or the newest candidate that passed the gate and never
+    held a stage; when there is none, what staging holds already is checked again.
+
+    :class:`OutOfOrder` when nothing can be staged and staging is empty.
+    """
+    from churnlab.registry import STAGING
+
+    chosen = version if version is not None else next_to_stage(registry)
+    if chosen is not None:
+        move = registry.stage(chosen)
+        return Staged(int(move.event.to_version), move.message)
+    holder = registry.holder(STAGING)
+    if holder is not None:
+        return Staged(
+            holder,
+            f"nothing new passed the gate since the last staging: staging holds v{holder} "
+            "already, and the smoke check below checks it again",
+        )
+    verdicts = [registry.verdicts(v)["gate"] for v in pending_versions(registry)]
+    if verdicts:
+        raise OutOfOrder(
+            "03_staging stages a candidate that passed the gate, and the gate has not judged "
+            "01's candidates yet: run 02_gate first"
+        )
+    raise OutOfOrder(
+        f"03_staging has nothing to stage: no version of {registry.model_name} passed the gate "
+        "since the last staging and staging is empty; run 01_train and 02_gate for a new "
+        "candidate (a policy that fails every candidate stops the story here)"
+    )
 
 
 def ever_held(registry: Registry) -> set[int]:
@@ -470,6 +511,7 @@ def next_to_stage(registry: Registry) -> int | None:
     return max(passed, default=None)
 
 
+# ---------------------------------------------------------------------------- 04: promotion
 def next_to_promote(registry: Registry) -> int | None:
     """The version staging holds; when that is the student's own candidate, the newest
     other version with gate and smoke passed that production does not hold, or None."""
@@ -490,6 +532,135 @@ def next_to_promote(registry: Registry) -> int | None:
     return max(ready, default=None)
 
 
+def to_promote(registry: Registry, version: int | None = None) -> int:
+    """04's version to promote: ``version``, or :func:`next_to_promote`; :class:`OutOfOrder`
+    when nothing is ready (03 has not staged and smoke-checked a candidate)."""
+    chosen = version if version is not None else next_to_promote(registry)
+    if chosen is None:
+        raise OutOfOrder(
+            f"04_promote promotes a version that passed its smoke check in staging, and "
+            f"{registry.model_name} has none: run 03_staging first (or pass -p model_version N)"
+        )
+    return int(chosen)
+
+
+def promote(registry: Registry, version: int, *, reason: str = "") -> Move:
+    """Promote ``version`` (by override when ``reason`` is given).
+
+    Where a server checks logins and the model needs approvals nobody gave yet (a class
+    with four eyes), the walkthrough cannot wait for a reviewer: it promotes by override
+    and the recorded reason says why.
+    """
+    if not reason and registry.missing_approvals(version):
+        needed = registry.missing_approvals(version)
+        reason = (
+            f"the walkthrough's promotion: {registry.model_name} needs {needed} more "
+            f"approval(s) of v{version}, which only a reviewer's login can give"
+        )
+    return registry.promote(version, override=bool(reason), reason=reason)
+
+
+def latest_from_main(registry: Registry, story: Story) -> Candidates:
+    """05's "latest code on main": the newest version when it is this story's candidate from
+    main and nothing serves it; otherwise main builds a new one now."""
+    from churnlab.registry import PRODUCTION, STAGING
+
+    newest = registry.latest_version()
+    held = {registry.holder(STAGING), registry.holder(PRODUCTION)}
+    key = story.key(CANDIDATES["main"].role)
+    if newest is not None and newest not in held and _newest(registry, "main", key) == newest:
+        return Candidates({"main": newest}, ())
+    return register_candidates(registry, story, "main", again=True)
+
+
+# ---------------------------------------------------------------------------- your turn
+def train_own(
+    story: Story,
+    estimator: str,
+    params: dict[str, Any] | None = None,
+    *,
+    model_name: str | None = None,
+) -> TrainResult:
+    """Train the student's own candidate (Task 1) on the story's data; tag it as theirs.
+
+    The estimator and its hyperparameters are checked first (one line naming the valid
+    ones). Each call registers a new version, which becomes :func:`my_candidate`: a task
+    done on an earlier one stays done.
+    """
+    from churnlab import train
+    from churnlab.registry import Registry
+
+    chosen = dict(params or {})
+    train.build_pipeline(estimator, chosen)  # refuses an unknown estimator or hyperparameter
+    registry = Registry(model_name)
+    shown = ", ".join(f"{k}={v!r}" for k, v in sorted(chosen.items()))
+    result = story.train(
+        estimator,
+        chosen,
+        description=f"your candidate: {estimator}({shown})",
+        model_name=registry.model_name,
+    )
+    registry.set_version_tags(
+        result.model_version,
+        {
+            tags.EXERCISE_OWN: story.student or "reference",
+            tags.EXERCISE_PARAMS: json.dumps(chosen, sort_keys=True, default=str),
+        },
+    )
+    return result
+
+
+def my_candidate(registry: Registry) -> int:
+    """The student's own candidate: the newest one :func:`train_own` trained.
+
+    Refused in one line when there is none: Task 1 in 01 trains it.
+    """
+    mine = exercises.my_version(registry)
+    if mine is None:
+        raise OutOfOrder(
+            f"no candidate of your own in {registry.model_name}: train one in 01's Your turn "
+            "cell (workbook.train_own)"
+        )
+    return mine
+
+
+def replay_gate(registry: Registry, version: int, accuracy_min: float = 0.9) -> GateResult:
+    """Run the gate on ``version`` with a stricter accuracy (the exercise's first run: 0.90).
+
+    Records the verdict like any gate run, and the replay itself on the version
+    (:data:`churnlab.tags.EXERCISE_STRICT_GATE`), so Task 1's check can see it later. A
+    version that holds a stage keeps its recorded verdict: the replay is then noted only.
+    """
+    from churnlab import gate
+    from churnlab.registry import PRODUCTION, STAGING
+
+    number = int(registry.version(version).version)
+    policy = gate.Policy.load(accuracy_min=accuracy_min)
+    in_service = number in (registry.holder(STAGING), registry.holder(PRODUCTION))
+    if in_service:
+        result = gate.evaluate(registry, number, policy)
+    else:
+        result = gate.run_gate(number, registry=registry, policy=policy)
+    record = {
+        "accuracy_min": accuracy_min,
+        "verdict": result.verdict,
+        "summary": result.summary(),
+        "staged": in_service,
+    }
+    registry.set_version_tags(number, {tags.EXERCISE_STRICT_GATE: json.dumps(record)})
+    return result
+
+
+def refusal(action: Callable[[], Any]) -> str | None:
+    """Run ``action``; return the refusal's line (in Python terms) if a rule said no, else
+    None."""
+    try:
+        action()
+    except Refused as exc:
+        return exc.in_python
+    return None
+
+
 def evaluation(registry: Registry, version: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Labels, churn probabilities and confusion counts of ``version`` on its evaluation
     snapshot, read back from the registry."""
@@ -503,41 +674,34 @@ def evaluation(registry: Registry, version: int) -> tuple[np.ndarray, np.ndarray
     return y, proba, confusion(y, proba >= THRESHOLD)
 
 
-def refusal(action: Callable[[], Any]) -> str | None:
-    """Run ``action``; return the refusal's message if a rule said no, else None."""
-    try:
-        action()
-    except Refused as exc:
-        return str(exc)
-    return None
-
-
 __all__ = [
-    "AT_RISK_SEED",
     "CANDIDATES",
-    "FOLLOW_FIELDS",
-    "AtRisk",
     "Candidate",
+    "Candidates",
+    "Judged",
+    "Staged",
     "Story",
-    "acting_as",
-    "approve_as",
+    "begin",
     "candidate_names",
     "drift_check",
     "evaluation",
     "ever_held",
-    "follow_health",
+    "judge",
+    "latest_from_main",
     "my_candidate",
-    "new_customers",
     "next_to_promote",
     "next_to_stage",
+    "one_line",
     "pending_versions",
+    "promote",
     "refusal",
+    "register_candidates",
     "replay_gate",
-    "start_following",
-    "stop_backends",
-    "switches_table",
-    "top_at_risk",
+    "show_errors_in_one_line",
+    "stage_next",
+    "student_name",
+    "to_judge",
+    "to_promote",
     "train_candidates",
     "train_own",
-    "wait_until_serving",
 ]

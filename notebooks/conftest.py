@@ -2,8 +2,8 @@
 
 nbval re-executes every notebook and compares its outputs with the committed ones. The
 notebooks hand values to each other through the registry, so the session gets a new empty
-embedded store (tracking-server variables are ignored) and the actor the committed outputs
-were recorded with. The store is deleted when the session ends.
+embedded store (tracking-server variables and this checkout's config are ignored) and the
+actor the committed outputs were recorded with. The store is deleted when the session ends.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def pytest_configure(config) -> None:
     config.stash[_HOME] = home
     os.environ["CHURNLAB_HOME"] = home  # the kernels nbval starts inherit it
     os.environ["CHURNLAB_ACTOR"] = REFERENCE_ACTOR
+    # the reference story: no student name and no login from this checkout's config
+    os.environ["CHURNLAB_CONFIG"] = os.path.join(home, "no-config.toml")
+    os.environ.pop("CHURNLAB_MODEL", None)
     for key in SERVER_VARIABLES:
         os.environ.pop(key, None)
 

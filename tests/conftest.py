@@ -25,10 +25,11 @@ from churnlab import store
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch) -> Path:
-    """A private CHURNLAB_HOME; the tracking server variables are cleared."""
+    """A private CHURNLAB_HOME and config; the tracking server variables are cleared."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("CHURNLAB_HOME", str(home))
-    for key in store.SERVER_VARIABLES:
+    monkeypatch.setenv("CHURNLAB_CONFIG", str(home / "churnlab.toml"))
+    for key in (*store.SERVER_VARIABLES, "CHURNLAB_MODEL", "CHURNLAB_EXPERIMENT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CHURNLAB_ACTOR", "pytest")
     store.configure()
