@@ -277,6 +277,16 @@ class Registry:
                 "run `churnlab train` first"
             ) from None
 
+    def exists(self) -> bool:
+        """True when the registered model exists (something was registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._call(self.client.get_registered_model, self.model_name)
+        except MlflowException:
+            return False
+        return True
+
     def version(self, version: str | int):
         """The model version ``version``; refuse unknown, non-numeric or foreign versions."""
         from mlflow.exceptions import MlflowException

@@ -161,6 +161,8 @@ class Story:
         )
 
 
+#: the notebook that registers what every later one builds on
+FIRST_NOTEBOOK = "01_train"
 _HOW_TO_NAME = (
     'no student name is set: `churnlab config student "Your Name"` in a terminal makes it '
     "yours (then restart the kernel)"
@@ -201,6 +203,11 @@ def begin(
     store.configure()
     show_errors_in_one_line()
     registry = Registry()
+    if notebook != FIRST_NOTEBOOK and not registry.exists():
+        raise OutOfOrder(
+            f"{notebook} builds on what {FIRST_NOTEBOOK} registers, and {registry.model_name} "
+            f"has nothing at {store.display_uri()} yet: run {FIRST_NOTEBOOK} first"
+        )
     story = Story.of(
         student_name(student), data=data, seed=DEFAULT_SEED if seed is None else seed, rows=rows
     )

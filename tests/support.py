@@ -387,17 +387,23 @@ SECRETS = {
 
 
 def run_workbook(
-    folder: Path, *args: str, timeout: float = 900, secrets: bool = False
+    folder: Path,
+    *args: str,
+    timeout: float = 900,
+    secrets: bool = False,
+    home: Path | None = None,
 ) -> WorkbookOutput:
     """Run the real console script with ``--output folder``; capture everything.
 
     ``secrets`` puts :data:`SECRETS` in the environment (no tracking server is set, so
-    they are merely present, as on a student's machine configured for DagsHub).
+    they are merely present, as on a student's machine configured for DagsHub). ``home``
+    is the student's own embedded store (``--reuse-registry`` runs on it).
     """
     env = {k: v for k, v in os.environ.items() if k not in store.SERVER_VARIABLES}
     if secrets:
         env.update(SECRETS)
-    env["CHURNLAB_HOME"] = str(folder / "own-home")  # must stay untouched without --reuse
+    # the student's own store: a fresh run (no --reuse-registry) must leave it untouched
+    env["CHURNLAB_HOME"] = str(home or folder / "own-home")
     env["CHURNLAB_ACTOR"] = "pytest"
     done = subprocess.run(
         [CHURNLAB, "workbook", "--output", str(folder), *args],

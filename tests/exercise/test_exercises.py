@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from churnlab import exercises, gate, smoke, workbook
+from churnlab import exercises, following, gate, smoke, workbook
 from churnlab.backend import Backend
 from churnlab.registry import PRODUCTION, Registry
 
@@ -50,59 +50,83 @@ def test_a_student_works_through_the_four_tasks(capsys):
     assert _missing(1).startswith("no candidate of your own is registered")
     assert _missing(2).startswith("no candidate of your own yet")
 
-    # Task 1: an own candidate, the 0.90 replay, the default policy
+    # Task 1: an own candidate with a hyperparameter, the 0.90 replay, the default policy
+    defaults = workbook.train_own(story, "logreg").model_version
+    assert "is a logreg with its defaults" in _missing(1), "the task asks for a hyperparameter"
+    assert not exercises.verdict(1, part=1).done
     mine = workbook.train_own(story, "logreg", {"C": 0.3}).model_version
-    assert mine == 2 and exercises.own_versions(registry) == [2]
+    assert (defaults, mine) == (2, 3) and exercises.own_versions(registry) == [2, 3]
+    assert workbook.my_candidate(registry) == 3, "the newest own candidate is the student's"
     assert workbook.pending_versions(registry) == [1], "the walkthrough leaves it alone"
     assert exercises.verdict(1, part=1).done
     assert "(C=0.3)" in exercises.verdict(1, part=1).evidence
-    assert "workbook.replay_gate(registry, 2, accuracy_min=0.9)" in _missing(1)
+    assert (
+        "in 02's Your turn cell run workbook.replay_gate(registry, "
+        "workbook.my_candidate(registry), accuracy_min=0.9)" in _missing(1)
+    ), "versions are named through my_candidate, never as a number that changes"
+    assert workbook.replay_gate(registry, mine, accuracy_min=0.5).verdict == "passed"
+    assert "ran at accuracy_min=0.5, not at the exercise's 0.90" in _missing(1)
     strict = workbook.replay_gate(registry, mine, accuracy_min=0.9)
     assert not strict.passed
-    assert "gate verdict under the default policy is failed" in _missing(1)
+    assert (
+        "the replay failed your candidate (v3) as it should; its last gate run was the 0.90 "
+        "replay: now run the default policy, gate.run_gate(workbook.my_candidate(registry), "
+        "registry=registry)" in _missing(1)
+    ), "not yet names the next step, not a verdict the default policy never gave"
+    assert gate.run_gate(mine, registry=registry, policy=gate.Policy.load(accuracy_min=0.5))
+    assert "its last gate run was a policy of your own" in _missing(1)
     assert gate.run_gate(mine, registry=registry).passed
-    assert _line(1).startswith("Task 1 done: v2 is yours: logreg (C=0.3)")
+    assert _line(1).startswith("Task 1 done: v3 is yours: logreg (C=0.3)")
     assert "accuracy" in _line(1) and "(needs >= 0.9)" in _line(1)
 
     # Task 2: staged and smoke-checked
-    assert "registry.stage(2) then smoke.smoke_check(2" in _missing(2)
+    assert (
+        "your candidate (v3) passed the gate but was never staged: in 03's Your turn cell run "
+        "registry.stage(workbook.my_candidate(registry)), then smoke.smoke_check(" in _missing(2)
+    )
     registry.stage(mine)
-    assert "was not staged and smoke-checked" in _missing(2), "staging alone is not enough"
+    assert "your candidate (v3) is staged, but not smoke-checked: run smoke.smoke_check(" in (
+        _missing(2)
+    ), "staging alone is not enough, and the line says what is left"
     assert smoke.smoke_check(mine, stage="staging", registry=registry, latency_requests=20).passed
-    assert _line(2).startswith("Task 2 done: Staged churn-model v2 -> Staging; its smoke check")
+    assert _line(2).startswith("Task 2 done: Staged churn-model v3 -> Staging; its smoke check")
 
     # Task 3: promote by number, roll back, promote again
     gate.run_gate(1, registry=registry)
     registry.promote(1, override=True, reason="the walkthrough's production")
-    assert "v2 was never promoted: in 04's Your turn cell run registry.promote(2)" in _missing(3)
+    assert (
+        "your candidate (v3) was never promoted: in 04's Your turn cell run "
+        "registry.promote(workbook.my_candidate(registry))" in _missing(3)
+    )
     registry.promote(mine)
     assert "production was not rolled back from it" in _missing(3)
     registry.rollback(reason="practice")
-    assert "after the rollback, promote v2 again" in _missing(3)
-    assert "production holds v1, not your candidate (v2)" in _missing(4)
+    assert "after the rollback, promote your candidate (v3) again" in _missing(3)
+    assert "production holds v1, not your candidate (v3)" in _missing(4)
     registry.promote(mine)
     assert _line(3) == (
-        "Task 3 done: Promoted churn-model v2 -> Production (archived v1); rolled back to v1; "
-        "promoted again: Promoted churn-model v2 -> Production (archived v1)"
+        "Task 3 done: Promoted churn-model v3 -> Production (archived v1); rolled back to v1; "
+        "promoted again: Promoted churn-model v3 -> Production (archived v1)"
     )
 
-    # Task 4: a running production backend serves v2; the newest version nobody
-    assert "no production backend is running" in _line(4)
+    # Task 4: a running production backend serves v3; the newest version nobody
+    assert "no production backend of this registry is running on this machine" in _line(4)
     production = Backend("production").start().wait_ready()
     try:
-        assert [b.stage for b in exercises.running_backends()] == ["production"]
-        assert "the newest registered version (v2) must be one nobody serves" in _line(4)
-        workbook.train_candidates("main", story=story)  # v3: what main built
+        mine_only = exercises.running_backends(children_only=True)
+        assert [b.stage for b in mine_only] == ["production"]
+        assert "the newest registered version (v3) must be one nobody serves" in _line(4)
+        workbook.train_candidates("main", story=story)  # v4: what main built
         exercises.check(4)
         out = capsys.readouterr().out
         assert out == (
-            "Task 4 done: /health of production: churn-model v2 (stage production, status ok); "
-            "the newest version, v3, is served by nobody\n"
+            "Task 4 done: /health of production: churn-model v3 (stage production, status ok); "
+            "the newest version, v4, is served by nobody\n"
         )
     finally:
-        assert workbook.stop_backends() == 1
+        assert following.stop_backends() == 1
         production.stop()
-    assert exercises.running_backends() == []
+    assert exercises.running_backends(children_only=True) == []
     # what the check saw was recorded: the report, later, still finds it done
     assert [v.done for v in exercises.verdicts(registry)] == [True, True, True, True]
     registry.rollback(reason="an incident")

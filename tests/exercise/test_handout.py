@@ -24,7 +24,7 @@ import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 from support import ROOT, UNICODE_NAME, _end_group, free_port, run_cli
 
-from churnlab import cli, handout
+from churnlab import cli, handout, train
 from churnlab.errors import InputError, Refused
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -195,7 +195,9 @@ def test_handout_is_this_project_without_the_teachers_files(handout_of_this_chec
     written = {
         p.relative_to(this_handout).as_posix() for p in this_handout.rglob("*") if p.is_file()
     }
-    assert written == expected
+    assert written == expected | {"handout.json"}, "the project, and the commit it came from"
+    commit = json.loads((this_handout / "handout.json").read_text())["commit"]
+    assert commit == (train.git_commit(ROOT) or "unknown")
     for must in ("Makefile", "pyproject.toml", "churnlab/cli.py", "notebooks/01_train.ipynb"):
         assert must in written
     assert "docs/teaching.md" not in written

@@ -22,7 +22,7 @@ import requests
 import support
 from support import run_cli
 
-from churnlab import exercises, report, runner, store, tables, workbook
+from churnlab import exercises, four_eyes, report, retention, runner, store, tables, workbook
 from churnlab.errors import InputError
 from churnlab.kernel import NotebookFailed, SharedKernel
 from churnlab.registry import PRODUCTION, STAGING, Registry
@@ -175,7 +175,10 @@ def test_the_story_on_a_fresh_registry(story):
 def test_promotion_log_line_and_refusals_are_in_the_notebooks(run):
     text = (run.executed / "04_promote.ipynb").read_text()
     assert "Promoted churn-model v2 -> Production" in text
-    assert "refused: churn-model v4 -> Production: smoke is none" in text
+    assert (
+        "refused: churn-model v4 -> Production: smoke is none (needs passed); pass "
+        'override=True, reason=\\"why\\" to force' in text
+    ), "a refusal in a notebook is worded in Python terms"
     assert "Promoted churn-model v4 -> Production (archived v2) [override: " in text
     assert "Rolled back churn-model v2 -> Production (archived v4)" in text
     assert "Promoted churn-model v3 -> Production (archived v2)" in text  # Task 3
@@ -195,10 +198,10 @@ def _stdout(path, needle: str) -> str:
 def test_04_production_follows_the_alias_and_four_eyes_refuses_then_records(run):
     path = run.executed / "04_promote.ipynb"
     follow = ("alias_version", "following", "model_version", "reason")
-    started = json.loads(_stdout(path, "workbook.start_following("))
+    started = json.loads(_stdout(path, "following.start_following("))
     assert list(started) == list(follow), "only the fields two runs share"
     assert started == {"alias_version": 2, "following": True, "model_version": 2, "reason": None}
-    after_override = json.loads(_stdout(path, "wait_until_serving(following, hotfix)"))
+    after_override = json.loads(_stdout(path, "wait_until_serving(production_backend, hotfix)"))
     assert after_override["model_version"] == after_override["alias_version"] == 4
     [switches] = [
         o.data["text/plain"]
@@ -208,7 +211,7 @@ def test_04_production_follows_the_alias_and_four_eyes_refuses_then_records(run)
         if o.output_type == "display_data"
     ]
     assert switches.split() == "from to trigger 0 v2 v4 poll 1 v4 v2 poll".split()
-    eyes = _stdout(path, "production_approvals=1")
+    eyes = _stdout(path, "four_eyes.demonstrate(")
     assert "refused: churn-model v4 -> Production: needs 1 approval(s) of v4" in eyes
     assert "refused: pytest may not approve churn-model v4: pytest registered it" in eyes
     assert "approved v4 for production by reviewer" in eyes
@@ -217,8 +220,8 @@ def test_04_production_follows_the_alias_and_four_eyes_refuses_then_records(run)
 @pytest.mark.slow
 def test_05_lists_the_customers_most_at_risk_as_production_scores_them(run, story):
     path = run.executed / "05_verify.ipynb"
-    printed = _stdout(path, "workbook.top_at_risk(")
-    again = workbook.top_at_risk(story, PRODUCTION, workbook.new_customers(10_000), n=100)
+    printed = _stdout(path, "retention.top_at_risk(")
+    again = retention.top_at_risk(story, PRODUCTION, retention.new_customers(10_000), n=100)
     assert printed.strip() == again.summary()
     assert again.version == 3 and again.scored == 10_000 and len(again.customers) == 100
     found = again.customers["churn_probability"]
@@ -229,14 +232,14 @@ def test_acting_as_declares_another_person_and_restores_the_one_before(monkeypat
     from churnlab.registry import actor
 
     monkeypatch.setenv("CHURNLAB_ACTOR", "alice")
-    with workbook.acting_as(" carol ") as person:
+    with four_eyes.acting_as(" carol ") as person:
         assert person == actor() == "carol"
     assert actor() == "alice"
     monkeypatch.delenv("CHURNLAB_ACTOR")
-    with pytest.raises(RuntimeError), workbook.acting_as("carol"):
+    with pytest.raises(RuntimeError), four_eyes.acting_as("carol"):
         raise RuntimeError("restored on the way out too")
     assert "CHURNLAB_ACTOR" not in os.environ
-    with pytest.raises(InputError, match="name must be"), workbook.acting_as("  "):
+    with pytest.raises(InputError, match="name must be"), four_eyes.acting_as("  "):
         pass
 
 
@@ -305,9 +308,13 @@ def test_default_run_leaves_the_students_own_registry_alone(run):
 
 # ---------------------------------------------------------------------------- failures and reuse
 @pytest.mark.slow
-def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path):
+def test_runner_stops_at_the_first_failing_notebook_and_keeps_the_good_report(run, tmp_path):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    good = run.report.read_bytes()
+    (folder / "workbook.html").write_bytes(good)  # the last complete run's report
     out = support.run_workbook(
-        tmp_path / "reports",
+        folder,
         "--only",
         "01,02,03",
         "-p",
@@ -323,8 +330,9 @@ def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1
     assert re.fullmatch(
-        r"churnlab: 03_staging failed in cell \d+ \(In \[\d+\] version = .*\): AssertionError: no candidate "
-        r"passed the gate since the last staging: nothing to stage; see .*03_staging\.ipynb\n",
+        r"churnlab: 03_staging failed in cell \d+ \(In \[\d+\] staged = workbook\.stage_next\(.*\)\): "
+        r"OutOfOrder: 03_staging has nothing to stage: no version of churn-model passed the gate "
+        r"since the last staging and staging is empty; .*; see .*03_staging\.ipynb\n",
         out.stderr,
     ), out.stderr
     lines = out.stdout.splitlines()
@@ -333,12 +341,16 @@ def test_runner_stops_at_the_first_failing_notebook_and_names_the_cell(tmp_path)
         ["02_gate", "ok"],
         ["03_staging", "FAILED"],
     ]
+    assert re.fullmatch(r"partial report: .*workbook\.partial\.html \(\d+\.\d s in all\)", lines[5])
+    assert re.fullmatch(r"the last complete report is kept: .*reports/workbook\.html", lines[6])
+    assert (folder / "workbook.html").read_bytes() == good, "a failed run never replaces it"
     executed = sorted(p.name for p in out.executed.glob("*.ipynb"))
     assert executed == ["01_train.ipynb", "02_gate.ipynb", "03_staging.ipynb"]
     gate_nb = (out.executed / "02_gate.ipynb").read_text()
     assert "accuracy_threshold = 0.9" in gate_nb, "the parameter reached the notebook"
-    page = out.report.read_text()
+    page = (folder / "workbook.partial.html").read_text()
     assert 'class="wb-failure">Stopped: 03_staging failed in cell' in page
+    assert (folder / "workbook.partial.json").is_file()
     assert report.network_references(page) == []
 
 
