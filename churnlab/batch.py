@@ -7,7 +7,8 @@ against :mod:`churnlab.schema` as a whole (vocabularies, numbers, ranges): rows 
 scored, the others go to a rejects file with their row number and the reason. The scores,
 the rejects and the metadata (what scored what) are written to temporary files in the
 output's folder and renamed at the end, so an interrupted run leaves nothing half-written.
-Each run is also recorded as an MLflow run in the ``churnlab-batch`` experiment.
+Each run is also recorded as an MLflow run in the ``churnlab-batch`` experiment, through the
+registry, as the user the server logged in.
 
 CSV or Parquet, in and out, chosen by the file's extension.
 """
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churnlab import schema, store
+from churnlab import schema
 from churnlab.errors import InputError, Refused
 
 if TYPE_CHECKING:
@@ -474,9 +475,9 @@ def score_file(
     it, churn_probability, churn), the rejected rows with their 1-based row number and the
     reason (``rejects_path``, default :func:`default_rejects`) and the metadata (a CSV's
     sidecar :func:`sidecar`, a Parquet file's key-value metadata ``churnlab``); records the
-    run in the ``churnlab-batch`` experiment. ``progress`` shows a bar on stderr when it is
-    a terminal. Raises :class:`Refused` when the stage holds no version and
-    :class:`InputError` for a file that cannot be scored (missing columns, unreadable).
+    run in the ``churnlab-batch`` experiment as the logged-in user. ``progress`` shows a bar
+    on stderr when it is a terminal. Raises :class:`Refused` when the stage holds no version
+    and :class:`InputError` for a file that cannot be scored (missing columns, unreadable).
     """
     from churnlab.registry import Registry, parse_stage
 
@@ -496,42 +497,62 @@ def score_file(
     registry = registry or Registry()
     scorer = served_scorer(registry, stage)
     sha256, total = digest_and_rows(source, kind)
-    run = _Run.start(registry, scorer, stage, source, sha256, output, chunk_rows)
-    writer = _Writer(output, rejects, with_ids=schema.ID_COLUMN in first_chunk)
-    accepted = rejected = 0
-    try:
-        writer.open()
-        with _bar(total, progress) as bar:
-            for number, chunk in enumerate(_chain(first_chunk, chunks)):
-                checked = check_chunk(chunk, first_row=accepted + rejected + 1)
-                writer.write(score_chunk(scorer, checked), checked.rejects, first=number == 0)
-                accepted += checked.accepted
-                rejected += len(checked.rejects)
-                bar.update(len(chunk))
-        seconds = time.perf_counter() - started
-        result = BatchResult(
-            model_name=registry.model_name,
-            version=scorer.version,
-            run_id=scorer.run_id,
-            stage=stage,
-            scorer=scorer.kind,
-            input=str(source),
-            input_sha256=sha256,
-            output=str(output),
-            rejects=str(rejects),
-            metadata=str(sidecar(output) if writer.kind == "csv" else output),
-            accepted=accepted,
-            rejected=rejected,
-            seconds=seconds,
-            batch_run_id=run.run_id,
-        )
-        recorded = metadata(result)
-        writer.commit(recorded)
-    except BaseException as exc:
-        writer.discard()
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    run.finish(result, recorded)
+    params = {
+        "model_name": scorer.model_name,
+        "model_version": scorer.version,
+        "model_uri": registry.model_uri(scorer.version),
+        "model_run_id": scorer.run_id,
+        "stage": stage,
+        "scorer": scorer.kind,
+        "input": source.name,
+        "input_sha256": sha256,
+        "output": output.name,
+        "chunk_rows": chunk_rows,
+    }
+    name = f"score {registry.model_name} v{scorer.version} @{stage}"
+    with registry.recorded_run(
+        EXPERIMENT_NAME, name=name, source="churnlab score", params=params
+    ) as run:
+        writer = _Writer(output, rejects, with_ids=schema.ID_COLUMN in first_chunk)
+        accepted = rejected = 0
+        try:
+            writer.open()
+            with _bar(total, progress) as bar:
+                for number, chunk in enumerate(_chain(first_chunk, chunks)):
+                    checked = check_chunk(chunk, first_row=accepted + rejected + 1)
+                    scores = score_chunk(scorer, checked)
+                    writer.write(scores, checked.rejects, first=number == 0)
+                    accepted += checked.accepted
+                    rejected += len(checked.rejects)
+                    bar.update(len(chunk))
+            result = BatchResult(
+                model_name=registry.model_name,
+                version=scorer.version,
+                run_id=scorer.run_id,
+                stage=stage,
+                scorer=scorer.kind,
+                input=str(source),
+                input_sha256=sha256,
+                output=str(output),
+                rejects=str(rejects),
+                metadata=str(sidecar(output) if writer.kind == "csv" else output),
+                accepted=accepted,
+                rejected=rejected,
+                seconds=time.perf_counter() - started,
+                batch_run_id=run.run_id,
+            )
+            recorded = metadata(result)
+            writer.commit(recorded)
+        except BaseException:
+            writer.discard()
+            raise
+        figures = {
+            "rows_accepted": result.accepted,
+            "rows_rejected": result.rejected,
+            "seconds": result.seconds,
+            "rows_per_minute": result.rows_per_minute,
+        }
+        run.log(figures, recorded, "batch/metadata.json")
     return result
 
 
@@ -592,62 +613,3 @@ def _bar(total: int, progress: bool) -> Iterator[Any]:
         desc="scoring",
     ) as bar:
         yield bar
-
-
-@dataclass
-class _Run:
-    """The MLflow run recording one batch (experiment ``churnlab-batch``)."""
-
-    client: Any
-    run_id: str
-
-    @classmethod
-    def start(cls, registry, scorer, stage, source, sha256, output, chunk_rows) -> _Run:
-        from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_USER
-
-        from churnlab.registry import actor
-
-        experiment_id = store.ensure_experiment(EXPERIMENT_NAME)
-        client = registry.client
-        run = client.create_run(
-            experiment_id,
-            run_name=f"score {registry.model_name} v{scorer.version} @{stage}",
-            tags={MLFLOW_USER: actor(), MLFLOW_SOURCE_NAME: "churnlab score"},
-        )
-        run_id = run.info.run_id
-        params = {
-            "model_name": scorer.model_name,
-            "model_version": scorer.version,
-            "model_uri": registry.model_uri(scorer.version),
-            "model_run_id": scorer.run_id,
-            "stage": stage,
-            "scorer": scorer.kind,
-            "input": source.name,
-            "input_sha256": sha256,
-            "output": output.name,
-            "chunk_rows": chunk_rows,
-        }
-        from mlflow.entities import Param
-
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return cls(client, run_id)
-
-    def finish(self, result: BatchResult, recorded: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        figures = {
-            "rows_accepted": result.accepted,
-            "rows_rejected": result.rejected,
-            "seconds": result.seconds,
-            "rows_per_minute": result.rows_per_minute,
-        }
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()]
-        )
-        self.client.log_dict(self.run_id, recorded, "batch/metadata.json")
-        self.end("FINISHED")
-
-    def end(self, status: str) -> None:
-        with contextlib.suppress(Exception):  # never hide the error that ended the run
-            self.client.set_terminated(self.run_id, status)

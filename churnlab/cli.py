@@ -12,11 +12,10 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from churnlab import store
 from churnlab.backend import DEFAULT_PORTS
-from churnlab.errors import ChurnlabError, RegistryUnavailable
+from churnlab.errors import ChurnlabError
 from churnlab.smoke import LATENCY_P95_MS, PEAK_RSS_MB
 
 #: what ``churnlab serve`` runs, named by its import string: the package never imports serving
@@ -624,33 +623,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("churnlab: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an MLflow or network failure we did not foresee
-        first = _first_line(exc)
-        # refused or failing outside the registry's own calls: a login, a 403, a 5xx
-        known = store.failure(exc)
-        if known is None and store.http_status(exc) == 403:
-            known = store.refusal(exc, getattr(args, "model", store.DEFAULT_MODEL_NAME))
+    except Exception as exc:  # MLflow or the network failing outside the registry's calls
+        known = store.translate(exc, args.model)  # the registry's translation, the same error
         if known is not None:
             print(f"churnlab: {store.redact(str(known))}", file=sys.stderr)
             return known.exit_code
-        if _looks_unreachable(exc):
-            err: ChurnlabError = RegistryUnavailable(
-                f"cannot reach the MLflow tracking server at {store.display_uri()}"
-            )
-            print(f"churnlab: {err}", file=sys.stderr)
-            return err.exit_code
-        print(f"churnlab: {type(exc).__name__}: {store.redact(first)}", file=sys.stderr)
+        print(f"churnlab: {type(exc).__name__}: {store.redact(_first_line(exc))}", file=sys.stderr)
         return 3
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _looks_unreachable(exc: Any) -> bool:
-    text = str(exc)
-    return any(s in text for s in ("Max retries exceeded", "Connection refused", "timed out"))
 
 
 if __name__ == "__main__":

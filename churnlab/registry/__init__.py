@@ -17,12 +17,13 @@ module that does the job. From the bottom up: :mod:`~churnlab.registry.records` 
 approvals, evidence, parsers), :mod:`~churnlab.registry.rules` (pure rules),
 :mod:`~churnlab.registry.boundary` (the one door to MLflow, where its errors are
 translated), :mod:`~churnlab.registry.history` (moves and approvals kept as tags),
-:mod:`~churnlab.registry.versions` (a version and its evidence) and
-:mod:`~churnlab.registry.moves`.
+:mod:`~churnlab.registry.versions` (a version and its evidence),
+:mod:`~churnlab.registry.tracking` (a batch's run) and :mod:`~churnlab.registry.moves`.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 from churnlab import store
@@ -45,6 +46,7 @@ from churnlab.registry.records import (
     parse_stage,
     parse_version,
 )
+from churnlab.registry.tracking import RecordedRun, recorded_run
 from churnlab.registry.versions import Versions, model_uri
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "Event",
     "Evidence",
     "Move",
+    "RecordedRun",
     "Registry",
     "actor",
     "parse_stage",
@@ -192,6 +195,13 @@ class Registry:
         """Record a gate or smoke ``result`` on its version; the verdict tag is written last
         (``pending`` first), the whole result as the run's artifact ``<kind>/v<N>.json``."""
         self._versions.record(kind, result)
+
+    def recorded_run(
+        self, experiment: str, *, name: str, source: str, params: dict[str, Any]
+    ) -> AbstractContextManager[RecordedRun]:
+        """An MLflow run in ``experiment`` for a ``with`` block (a batch's), recorded as the
+        logged-in user; its status says how the block ended."""
+        return recorded_run(self._mlflow, experiment, name=name, source=source, params=params)
 
     # ------------------------------------------------------------------ moving
     def stage(self, version: str | int, *, override: bool = False, reason: str = "") -> Move:

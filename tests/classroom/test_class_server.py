@@ -157,6 +157,20 @@ def test_a_promotion_needs_an_approval_by_someone_else(klass):
     assert promote["approved_by"] == [CAROL] and promote["actor"] == ALICE
 
 
+def test_a_batch_run_is_recorded_as_the_login(klass, tmp_path):
+    """`churnlab score` records its MLflow run as the user the server logged in, not as the
+    CHURNLAB_ACTOR the student's environment declares (mallory)."""
+    from churnlab import data
+
+    data.write_csv(data.generate(200, seed=3), tmp_path / "in.csv")
+    args = ("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--json")
+    result = json.loads(ok(klass.churnlab(ALICE, *args)))
+    assert (result["model_name"], result["version"]) == (classroom.model_for(ALICE), 1)
+    with as_student(klass, ALICE) as client:
+        run = client.get_run(result["batch_run_id"])
+    assert run.data.tags["mlflow.user"] == ALICE
+
+
 def test_an_out_of_band_move_is_detected_and_restored(klass):
     with as_student(klass, ALICE) as client:  # alice bypasses churnlab with a raw client
         name = classroom.model_for(ALICE)
