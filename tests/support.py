@@ -5,6 +5,7 @@
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
   ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
   package's own, ``churnlab.classroom.Postgres`` (``durable=False`` for a throw-away one);
+- what a batch run recorded beside its output: ``read_metadata``;
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
   and browser tests.
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -336,6 +338,16 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+def read_metadata(output: Path) -> dict:
+    """What a batch run recorded with ``output``: a CSV's sidecar ``<output>.json``, or a
+    Parquet file's key-value metadata ``churnlab`` (README.md, Batch scoring)."""
+    if output.suffix.lower() == ".csv":
+        return json.loads(output.with_name(output.name + ".json").read_text(encoding="utf-8"))
+    import pyarrow.parquet as pq
+
+    return json.loads((pq.read_metadata(output).metadata or {})[b"churnlab"])
 
 
 # ---------------------------------------------------------------------------- the workbook run
