@@ -4,7 +4,8 @@
 - the real console script: ``run_cli`` (and ``cli`` / ``start_cli`` with a given env);
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
   ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
-  package's own, ``churnlab.classroom.Postgres`` (``durable=False`` for a throw-away one);
+  package's own, ``churnlab.postgres.Postgres`` (``durable=False`` for a throw-away one);
+  churnlab's class server for a block: ``running_class_server``;
 - what a batch run recorded beside its output: ``read_metadata``;
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
   and browser tests.
@@ -338,6 +339,17 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def running_class_server(folder: Path, **options):
+    """A class server (``churnlab.classroom.ClassServer``) for the block, stopped afterwards."""
+    from churnlab.classroom import ClassServer
+
+    server = ClassServer(folder, **options)
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.stop)
+        yield server.start()
 
 
 def read_metadata(output: Path) -> dict:

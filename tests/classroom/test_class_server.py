@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import cli, remote_env
 
-from churnlab import classroom, tags
+from churnlab import classroom, postgres, tags
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class-server")]
 
@@ -333,7 +333,7 @@ def test_no_password_is_kept_anywhere_but_the_teachers_screen(klass):
     assert (klass.folder / "mlflow-server.log").stat().st_size > 0
     assert any((klass.folder / "artifacts").rglob("MLmodel"))  # the students' models
     assert files_containing(klass.folder, needles, skip=(layout.ini,)) == []
-    assert files_containing(classroom.postgres_folder(klass.folder), needles) == []
+    assert files_containing(postgres.postgres_folder(klass.folder), needles) == []
     # every tag (history, approvals, evidence), parameter and dataset source on the server
     texts = registry_texts(klass)
     assert any(tags.EVENT_PREFIX in t for t in texts) and len(texts) > 20
