@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,43 +24,10 @@ from churnlab.kernel import (
     kernel_manager_class,
     skip_slow_format_checkers,
 )
-
-NOTEBOOKS = ("01_train", "02_gate", "03_staging", "04_promote", "05_verify")
+from churnlab.runs import NOTEBOOKS, NotebookRun, WorkbookRun
 
 #: the actor recorded by the committed notebooks' runs (nbval compares the history table)
-REFERENCE_ACTOR = "student"
-
-
-@dataclass
-class NotebookRun:
-    """One executed notebook: where it was written, how long it took, how it ended."""
-
-    name: str
-    path: Path
-    seconds: float
-    status: str = "ok"  # ok | failed
-    error: str = ""
-
-
-@dataclass
-class WorkbookRun:
-    """What ``churnlab workbook`` did."""
-
-    runs: list[NotebookRun]
-    report: Path | None
-    registry_label: str
-    parameters: dict[str, Any]
-    seconds: float = 0.0
-
-    @property
-    def failed(self) -> NotebookRun | None:
-        """The notebook that failed, or None."""
-        return next((r for r in self.runs if r.status != "ok"), None)
-
-    @property
-    def notebooks(self) -> tuple[str, ...]:
-        """Every notebook of the workbook, in order, whether this run ran it or not."""
-        return NOTEBOOKS
+_REFERENCE_ACTOR = "student"
 
 
 def notebooks_dir() -> Path:
@@ -139,7 +105,7 @@ def check_parameters(
             raise InputError(f"parameter {name} takes a {kind}, got {value!r}")
 
 
-def story_parameters(parameters: dict[str, Any]) -> None:
+def _story_parameters(parameters: dict[str, Any]) -> None:
     """Check, in place, whose story a run tells: ``student`` (a name, never blank) and
     ``data`` (a readable Telco CSV, made absolute: the notebooks run in their folder)."""
     from churnlab.workbook import Story
@@ -169,7 +135,7 @@ def _kind(parameter: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def registry_environment(
+def _registry_environment(
     home: Path | None, actor: str | None = None, configure: bool = True
 ) -> Iterator[str]:
     """Point this process, and the kernels it starts, at a registry; restore on exit.
@@ -290,7 +256,7 @@ def run_workbook(
     declared = {n: declared_parameters(source_dir / f"{n}.ipynb") for n in names}
     # ``student`` is the run's own (the actor, the report): only some notebooks take it
     check_parameters({k: v for k, v in parameters.items() if k != "student"}, declared)
-    story_parameters(parameters)
+    _story_parameters(parameters)
 
     output = Path(output or store.project_root() / "reports").resolve()
     executed = output / "executed"
@@ -308,7 +274,7 @@ def run_workbook(
             store.ensure_experiment()
 
     actor = parameters.get("student")
-    with registry_environment(home, actor=actor, configure=reuse_registry) as label:
+    with _registry_environment(home, actor=actor, configure=reuse_registry) as label:
         if reuse_registry:  # an unreachable server fails here, before anything starts
             store.check_reachable()
         with contextlib.ExitStack() as kernels:
@@ -363,7 +329,7 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
     with contextlib.ExitStack() as stack:
         if home is None:
             home = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "home"
-        stack.enter_context(registry_environment(home, actor=REFERENCE_ACTOR))
+        stack.enter_context(_registry_environment(home, actor=_REFERENCE_ACTOR))
         for n in names:
             path = notebooks_dir() / f"{n}.ipynb"
             nb = nbformat.read(path, as_version=4)
@@ -387,7 +353,6 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
 
 __all__ = [
     "NOTEBOOKS",
-    "REFERENCE_ACTOR",
     "NotebookFailed",
     "NotebookRun",
     "WorkbookRun",
@@ -395,10 +360,8 @@ __all__ = [
     "declared_parameters",
     "notebooks_dir",
     "parse_value",
-    "registry_environment",
     "run_notebook",
     "run_workbook",
     "select",
-    "story_parameters",
     "update_notebooks",
 ]
