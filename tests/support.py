@@ -5,7 +5,8 @@
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
   ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
   package's own, ``churnlab.postgres.Postgres`` (``durable=False`` for a throw-away one);
-  churnlab's class server for a block: ``running_class_server``;
+  churnlab's backend and class server for a block: ``running_backend``,
+  ``running_class_server``;
 - what a batch run recorded beside its output: ``read_metadata``;
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
   and browser tests.
@@ -31,6 +32,7 @@ import pytest
 import requests
 
 from churnlab import runner, store
+from churnlab.backend import STARTUP_TIMEOUT_S, Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Flags for Debian's headless Chromium on this closed network (no background fetches).
@@ -339,6 +341,26 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def running_backend(
+    stage: str,
+    *,
+    port: int | None = None,
+    model_name: str = store.DEFAULT_MODEL_NAME,
+    env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT_S,
+) -> Iterator[Backend]:
+    """Start the backend for ``stage`` as a real uvicorn process; stop it on exit.
+
+    Waits until ``/health`` answers (``timeout`` seconds); if the process dies first,
+    raises ``churnlab.backend.BackendFailed`` with its last line of output.
+    """
+    backend = Backend(stage, port=port, model_name=model_name, env=env)
+    with contextlib.ExitStack() as stack:
+        stack.callback(backend.stop)
+        yield backend.start().wait_ready(timeout)
 
 
 @contextlib.contextmanager
