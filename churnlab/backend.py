@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -251,26 +251,3 @@ class Backend:
             self.output()
             self._log.close()
             self._log = None
-
-
-@contextlib.contextmanager
-def running_backend(
-    stage: str,
-    *,
-    port: int | None = None,
-    model_name: str = store.DEFAULT_MODEL_NAME,
-    env: dict[str, str] | None = None,
-    timeout: float = STARTUP_TIMEOUT_S,
-) -> Iterator[Backend]:
-    """Start the backend for ``stage`` as a real uvicorn process; stop it on exit.
-
-    Waits until ``/health`` answers (``timeout`` seconds); if the process dies first,
-    raises :class:`BackendFailed` with its last line of output.
-    """
-    backend = Backend(stage, port=port, model_name=model_name, env=env)
-    try:
-        backend.start()
-        backend.wait_ready(timeout)
-        yield backend
-    finally:
-        backend.stop()

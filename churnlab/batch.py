@@ -3,11 +3,12 @@
 ``churnlab score --stage production customers.csv -o scores.csv`` resolves the stage's alias
 once, loads the served scorer once (:meth:`Scorer.from_registry`: the ONNX graph when the gate
 proved its parity, else the pipeline) and scores the file in chunks. Each chunk is checked
-against :mod:`churnlab.schema` as a whole (vocabularies, numbers, ranges): rows that pass are
-scored, the others go to a rejects file with their row number and the reason. The scores,
-the rejects and the metadata (what scored what) are written to temporary files in the
-output's folder and renamed at the end, so an interrupted run leaves nothing half-written.
-Each run is also recorded as an MLflow run in the ``churnlab-batch`` experiment.
+against :mod:`churnlab.schema` as a whole (:mod:`churnlab.rows`: vocabularies, numbers,
+ranges): rows that pass are scored, the others go to a rejects file with their row number
+and the reason. The scores, the rejects and the metadata (what scored what) are written to
+temporary files in the output's folder and renamed at the end, so an interrupted run leaves
+nothing half-written. Each run is also recorded as an MLflow run in the ``churnlab-batch``
+experiment, through the registry, as the user the server logged in.
 
 CSV or Parquet, in and out, chosen by the file's extension.
 """
@@ -21,18 +22,17 @@ import os
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churnlab import schema, store
+from churnlab import schema
 from churnlab.errors import InputError, Refused
+from churnlab.rows import CheckedChunk, check_chunk, check_columns
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from churnlab.registry import Registry
@@ -42,15 +42,14 @@ if TYPE_CHECKING:
 CHUNK_ROWS = 100_000
 #: the MLflow experiment every batch run is recorded in
 EXPERIMENT_NAME = "churnlab-batch"
+#: the column of the churn probability in the scores
+PROBABILITY = "churn_probability"
+#: the column of the decision (probability at or above the threshold) in the scores
+_DECISION = "churn"
 #: file extension -> format, for inputs and outputs
-FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+_FORMATS: dict[str, str] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 #: the key of the run's description in a Parquet output's key-value metadata
-METADATA_KEY = "churnlab"
-PROBABILITY, DECISION = "churn_probability", "churn"
-#: the columns of a rejects file, before the rejected row's own columns
-REJECT_COLUMNS: tuple[str, ...] = ("row", "reason")
-#: columns a file must have: the model's features (gender and customerID are optional)
-REQUIRED: tuple[str, ...] = tuple(f.name for f in schema.MODEL_FEATURES)
+_METADATA_KEY = "churnlab"
 
 
 @dataclass(frozen=True)
@@ -90,180 +89,28 @@ class BatchResult:
         )
 
 
-# ---------------------------------------------------------------------------- checking rows
-@dataclass(frozen=True)
-class CheckedChunk:
-    """A chunk split in two: the accepted rows as model columns, the rejected ones with why."""
-
-    columns: dict[str, np.ndarray]  # feature -> values of the accepted rows
-    ids: np.ndarray | None  # customerID of the accepted rows, if the input has them
-    rejects: pd.DataFrame  # row (1-based data row), reason, then the row's own columns
-
-    @property
-    def accepted(self) -> int:
-        return len(next(iter(self.columns.values())))
-
-
-def check_columns(names: list[str], source: str) -> None:
-    """Refuse (``InputError``) a header without the model's features."""
-    missing = [name for name in REQUIRED if name not in names]
-    if len(missing) == len(REQUIRED):
-        header = ",".join(names)
-        raise InputError(
-            f"{source}: none of the Telco churn columns in the header ({header[:60]!r}); "
-            f"expected {', '.join(schema.CSV_COLUMNS[:3])}, ..., {schema.CSV_COLUMNS[-2]}"
-        )
-    if missing:
-        raise InputError(f"{source}: missing columns {missing}; expected the Telco churn layout")
-
-
-def check_chunk(chunk: pd.DataFrame, first_row: int = 1) -> CheckedChunk:
-    """Check every row of ``chunk`` against the schema, all rows of a column at once.
-
-    Categorical values must be in the feature's vocabulary (surrounding blanks are
-    forgiven); numbers must parse, be finite, lie in the feature's range and be whole for
-    integer features. A blank ``TotalCharges`` is 0, as in the published file (brand-new
-    customers; see :func:`churnlab.data.validate`). ``first_row`` is the 1-based data row
-    number of the chunk's first row. ``gender`` is checked when present.
-    """
-    import numpy as np
-    import pandas as pd
-
-    problems: dict[int, list[str]] = defaultdict(list)
-    values: dict[str, np.ndarray] = {}
-    for feat in schema.FEATURES:
-        if feat.name not in chunk:
-            continue  # only an optional column (check_columns ran on the header)
-        check = _check_categorical if feat.is_categorical else _check_number
-        values[feat.name], found = check(chunk[feat.name], feat)
-        for position, message in found:
-            problems[position].append(message)
-    bad = np.array(sorted(problems), dtype=np.int64)
-    keep = np.ones(len(chunk), dtype=bool)
-    keep[bad] = False
-    columns = {name: column[keep] for name, column in values.items() if name in REQUIRED}
-    ids = None
-    if schema.ID_COLUMN in chunk:
-        ids = chunk[schema.ID_COLUMN].to_numpy(dtype=object)[keep]
-    rejected = chunk.iloc[bad].reset_index(drop=True)
-    rejects = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "row": bad + first_row,
-                    "reason": ["; ".join(problems[int(i)]) for i in bad],
-                }
-            ),
-            rejected.astype(object),
-        ],
-        axis=1,
-    )
-    return CheckedChunk(columns=columns, ids=ids, rejects=rejects)
-
-
-def _check_categorical(
-    column: pd.Series, feat: schema.Feature
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """The column as vocabulary strings, and (position, reason) for each value outside it."""
-    import numpy as np
-
-    out = column.to_numpy(dtype=object, na_value=None).copy()
-    ok = column.isin(feat.values).to_numpy()
-    if ok.all():
-        return out, []
-    odd = np.flatnonzero(~ok)
-    stripped = column.iloc[odd].map(lambda v: v.strip() if isinstance(v, str) else v)
-    fixed = stripped.isin(feat.values).to_numpy()
-    out[odd[fixed]] = stripped.to_numpy(dtype=object)[fixed]
-    found = []
-    for position, value in zip(odd[~fixed], stripped.to_numpy(dtype=object)[~fixed], strict=True):
-        if _is_blank(value):
-            found.append((int(position), f"{feat.name} is missing"))
-        else:
-            found.append(
-                (int(position), f"{feat.name}: {value!r} is not one of {list(feat.values)}")
-            )
-    return out, found
-
-
-def _check_number(
-    column: pd.Series, feat: schema.Feature
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """The column as float64, and (position, reason) for each value that is not a number in
-    the feature's range (whole for integer features)."""
-    import numpy as np
-    import pandas as pd
-
-    raw = column.iat  # the value as given, looked up only for the rows with a problem
-    parsed = column
-    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        parsed = pd.to_numeric(column, errors="coerce")
-    numbers = np.array(parsed.to_numpy(dtype=np.float64, na_value=np.nan))  # a writable copy
-    blank = np.zeros(len(column), dtype=bool)
-    unparsed = np.isnan(numbers)
-    if unparsed.any():  # only these few values are looked at one by one
-        odd = np.flatnonzero(unparsed)
-        empty = np.array([_is_blank(raw[i]) for i in odd], dtype=bool)
-        blank[odd[empty]] = True
-        unparsed[odd[empty]] = False
-        if feat.name == "TotalCharges":  # blank for brand-new customers in the published file
-            numbers[blank] = 0.0
-            blank[:] = False
-    with np.errstate(invalid="ignore"):
-        infinite = np.isinf(numbers)
-        outside = (numbers < feat.minimum) | (numbers > feat.maximum)
-        fraction = (numbers != np.round(numbers)) & np.isfinite(numbers)
-    bounds = f"[{feat.minimum:g}, {feat.maximum:g}]"
-    found: list[tuple[int, str]] = []
-    for position in np.flatnonzero(blank):
-        found.append((int(position), f"{feat.name} is missing"))
-    for position in np.flatnonzero(unparsed):
-        found.append((int(position), f"{feat.name}: {_text(raw[position])!r} is not a number"))
-    for position in np.flatnonzero(infinite & ~unparsed):
-        found.append((int(position), f"{feat.name}: {_text(raw[position])!r} is not finite"))
-    for position in np.flatnonzero(outside & ~infinite):
-        found.append((int(position), f"{feat.name}: {numbers[position]:g} is outside {bounds}"))
-    if feat.kind == "integer":
-        for position in np.flatnonzero(fraction & ~outside):
-            found.append(
-                (int(position), f"{feat.name}: {numbers[position]:g} is not a whole number")
-            )
-    return numbers, found
-
-
-def _is_blank(value: Any) -> bool:
-    """No value: None, NaN, or a string of blanks."""
-    if isinstance(value, str):
-        return not value.strip()
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else str(value)
-
-
 # ---------------------------------------------------------------------------- files
-def file_format(path: Path, what: str) -> str:
+def _file_format(path: Path, what: str) -> str:
     """``"csv"`` or ``"parquet"`` from the extension; ``InputError`` for anything else."""
-    kind = FORMATS.get(path.suffix.lower())
+    kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise InputError(
-            f"{what} {path.name}: unknown extension {path.suffix!r}; use one of {sorted(FORMATS)}"
+            f"{what} {path.name}: unknown extension {path.suffix!r}; use one of {sorted(_FORMATS)}"
         )
     return kind
 
 
-def default_rejects(output: Path) -> Path:
+def _default_rejects(output: Path) -> Path:
     """Where the rejected rows go by default: ``scores.csv`` -> ``scores.rejects.csv``."""
     return output.with_name(f"{output.stem}.rejects.csv")
 
 
-def sidecar(output: Path) -> Path:
+def _sidecar(output: Path) -> Path:
     """The metadata file beside a CSV output: ``scores.csv`` -> ``scores.csv.json``."""
     return output.with_name(output.name + ".json")
 
 
-def digest_and_rows(path: Path, kind: str) -> tuple[str, int]:
+def _digest_and_rows(path: Path, kind: str) -> tuple[str, int]:
     """SHA-256 of the file's bytes, and its number of data rows (for a CSV: lines - 1)."""
     digest, lines, last = hashlib.sha256(), 0, b"\n"
     with open(path, "rb") as handle:
@@ -283,7 +130,7 @@ def digest_and_rows(path: Path, kind: str) -> tuple[str, int]:
     return digest.hexdigest(), rows
 
 
-def read_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _read_chunks(path: Path, kind: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The file in chunks of ``chunk_rows`` rows; CSV values as read (strings), column names
     stripped of blanks. ``InputError`` when the file cannot be read."""
     import pandas as pd
@@ -331,7 +178,7 @@ class _Writer:
 
     def __init__(self, output: Path, rejects: Path, with_ids: bool) -> None:
         self.output, self.rejects, self.with_ids = output, rejects, with_ids
-        self.kind = file_format(output, "output")
+        self.kind = _file_format(output, "output")
         self.temps: dict[Path, Path] = {}
         self._scores: Any = None
         self._rejects: Any = None
@@ -349,13 +196,13 @@ class _Writer:
         if self.kind == "csv":
             self._scores = open(self._temp(self.output), "w", encoding="utf-8", newline="")
             header = [schema.ID_COLUMN] if self.with_ids else []
-            self._scores.write(",".join([*header, PROBABILITY, DECISION]) + "\n")
+            self._scores.write(",".join([*header, PROBABILITY, _DECISION]) + "\n")
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             fields = [(schema.ID_COLUMN, pa.string())] if self.with_ids else []
-            fields += [(PROBABILITY, pa.float64()), (DECISION, pa.bool_())]
+            fields += [(PROBABILITY, pa.float64()), (_DECISION, pa.bool_())]
             self._schema = pa.schema(fields)
             self._parquet = pq.ParquetWriter(self._temp(self.output), self._schema)
 
@@ -378,11 +225,11 @@ class _Writer:
         self._rejects.close()
         if self.kind == "csv":
             self._scores.close()
-            self._temp(sidecar(self.output)).write_text(text + "\n", encoding="utf-8")
+            self._temp(_sidecar(self.output)).write_text(text + "\n", encoding="utf-8")
         else:
-            self._parquet.add_key_value_metadata({METADATA_KEY: text})
+            self._parquet.add_key_value_metadata({_METADATA_KEY: text})
             self._parquet.close()
-        order = [self.rejects, sidecar(self.output), self.output]
+        order = [self.rejects, _sidecar(self.output), self.output]
         for final in [f for f in order if f in self.temps]:
             os.replace(self.temps.pop(final), final)
 
@@ -435,7 +282,7 @@ def score_chunk(scorer: Scorer, checked: CheckedChunk) -> pd.DataFrame:
         probability = np.zeros(0, dtype=np.float64)
     out: dict[str, Any] = {} if checked.ids is None else {schema.ID_COLUMN: checked.ids}
     out[PROBABILITY] = probability
-    out[DECISION] = probability >= THRESHOLD
+    out[_DECISION] = probability >= THRESHOLD
     return pd.DataFrame(out)
 
 
@@ -443,10 +290,10 @@ def _paths(input_path, output_path, rejects_path) -> tuple[Path, str, Path, Path
     source = Path(input_path)
     if not source.is_file():
         raise InputError(f"{source}: no such file")
-    kind = file_format(source, "input")
+    kind = _file_format(source, "input")
     output = Path(output_path)
-    file_format(output, "output")
-    rejects = Path(rejects_path) if rejects_path else default_rejects(output)
+    _file_format(output, "output")
+    rejects = Path(rejects_path) if rejects_path else _default_rejects(output)
     if rejects.suffix.lower() != ".csv":
         raise InputError(f"rejects {rejects.name}: the rejects file is a CSV (name it *.csv)")
     for target in (output, rejects):
@@ -472,11 +319,12 @@ def score_file(
 
     Writes ``output_path`` (one row per accepted input row: customerID if the input has
     it, churn_probability, churn), the rejected rows with their 1-based row number and the
-    reason (``rejects_path``, default :func:`default_rejects`) and the metadata (a CSV's
-    sidecar :func:`sidecar`, a Parquet file's key-value metadata ``churnlab``); records the
-    run in the ``churnlab-batch`` experiment. ``progress`` shows a bar on stderr when it is
-    a terminal. Raises :class:`Refused` when the stage holds no version and
-    :class:`InputError` for a file that cannot be scored (missing columns, unreadable).
+    reason (``rejects_path``, default ``<name>.rejects.csv`` beside the output) and the
+    metadata (a CSV's sidecar ``<output>.json``, a Parquet file's key-value metadata
+    ``churnlab``); records the run in the ``churnlab-batch`` experiment as the logged-in
+    user. ``progress`` shows a bar on stderr when it is a terminal. Raises
+    :class:`Refused` when the stage holds no version and :class:`InputError` for a file
+    that cannot be scored (missing columns, unreadable).
     """
     from churnlab.registry import Registry, parse_stage
 
@@ -485,7 +333,7 @@ def score_file(
     stage = parse_stage(stage)
     source, kind, output, rejects = _paths(input_path, output_path, rejects_path)
     started = time.perf_counter()
-    chunks = read_chunks(source, kind, chunk_rows)
+    chunks = _read_chunks(source, kind, chunk_rows)
     first_chunk = next(chunks, None)
     if first_chunk is None or not len(first_chunk.columns):
         raise InputError(f"{source.name}: the file is empty")
@@ -495,47 +343,67 @@ def score_file(
 
     registry = registry or Registry()
     scorer = served_scorer(registry, stage)
-    sha256, total = digest_and_rows(source, kind)
-    run = _Run.start(registry, scorer, stage, source, sha256, output, chunk_rows)
-    writer = _Writer(output, rejects, with_ids=schema.ID_COLUMN in first_chunk)
-    accepted = rejected = 0
-    try:
-        writer.open()
-        with _bar(total, progress) as bar:
-            for number, chunk in enumerate(_chain(first_chunk, chunks)):
-                checked = check_chunk(chunk, first_row=accepted + rejected + 1)
-                writer.write(score_chunk(scorer, checked), checked.rejects, first=number == 0)
-                accepted += checked.accepted
-                rejected += len(checked.rejects)
-                bar.update(len(chunk))
-        seconds = time.perf_counter() - started
-        result = BatchResult(
-            model_name=registry.model_name,
-            version=scorer.version,
-            run_id=scorer.run_id,
-            stage=stage,
-            scorer=scorer.kind,
-            input=str(source),
-            input_sha256=sha256,
-            output=str(output),
-            rejects=str(rejects),
-            metadata=str(sidecar(output) if writer.kind == "csv" else output),
-            accepted=accepted,
-            rejected=rejected,
-            seconds=seconds,
-            batch_run_id=run.run_id,
-        )
-        recorded = metadata(result)
-        writer.commit(recorded)
-    except BaseException as exc:
-        writer.discard()
-        run.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
-    run.finish(result, recorded)
+    sha256, total = _digest_and_rows(source, kind)
+    params = {
+        "model_name": scorer.model_name,
+        "model_version": scorer.version,
+        "model_uri": registry.model_uri(scorer.version),
+        "model_run_id": scorer.run_id,
+        "stage": stage,
+        "scorer": scorer.kind,
+        "input": source.name,
+        "input_sha256": sha256,
+        "output": output.name,
+        "chunk_rows": chunk_rows,
+    }
+    name = f"score {registry.model_name} v{scorer.version} @{stage}"
+    with registry.recorded_run(
+        EXPERIMENT_NAME, name=name, source="churnlab score", params=params
+    ) as run:
+        writer = _Writer(output, rejects, with_ids=schema.ID_COLUMN in first_chunk)
+        accepted = rejected = 0
+        try:
+            writer.open()
+            with _bar(total, progress) as bar:
+                for number, chunk in enumerate(_chain(first_chunk, chunks)):
+                    checked = check_chunk(chunk, first_row=accepted + rejected + 1)
+                    scores = score_chunk(scorer, checked)
+                    writer.write(scores, checked.rejects, first=number == 0)
+                    accepted += checked.accepted
+                    rejected += len(checked.rejects)
+                    bar.update(len(chunk))
+            result = BatchResult(
+                model_name=registry.model_name,
+                version=scorer.version,
+                run_id=scorer.run_id,
+                stage=stage,
+                scorer=scorer.kind,
+                input=str(source),
+                input_sha256=sha256,
+                output=str(output),
+                rejects=str(rejects),
+                metadata=str(_sidecar(output) if writer.kind == "csv" else output),
+                accepted=accepted,
+                rejected=rejected,
+                seconds=time.perf_counter() - started,
+                batch_run_id=run.run_id,
+            )
+            recorded = _metadata(result)
+            writer.commit(recorded)
+        except BaseException:
+            writer.discard()
+            raise
+        figures = {
+            "rows_accepted": result.accepted,
+            "rows_rejected": result.rejected,
+            "seconds": result.seconds,
+            "rows_per_minute": result.rows_per_minute,
+        }
+        run.log(figures, recorded, "batch/metadata.json")
     return result
 
 
-def metadata(result: BatchResult) -> dict[str, Any]:
+def _metadata(result: BatchResult) -> dict[str, Any]:
     """What the output records about how it was made (no paths beyond file names)."""
     from churnlab.metrics import THRESHOLD
 
@@ -560,17 +428,6 @@ def metadata(result: BatchResult) -> dict[str, Any]:
     }
 
 
-def read_metadata(output: str | os.PathLike) -> dict[str, Any]:
-    """The metadata a batch run recorded with ``output`` (sidecar JSON or Parquet metadata)."""
-    path = Path(output)
-    if file_format(path, "output") == "csv":
-        return json.loads(sidecar(path).read_text(encoding="utf-8"))
-    import pyarrow.parquet as pq
-
-    found = pq.read_metadata(path).metadata or {}
-    return json.loads(found[METADATA_KEY.encode()])
-
-
 def _chain(first: pd.DataFrame, rest: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     yield first
     yield from rest
@@ -592,62 +449,3 @@ def _bar(total: int, progress: bool) -> Iterator[Any]:
         desc="scoring",
     ) as bar:
         yield bar
-
-
-@dataclass
-class _Run:
-    """The MLflow run recording one batch (experiment ``churnlab-batch``)."""
-
-    client: Any
-    run_id: str
-
-    @classmethod
-    def start(cls, registry, scorer, stage, source, sha256, output, chunk_rows) -> _Run:
-        from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_USER
-
-        from churnlab.registry import actor
-
-        experiment_id = store.ensure_experiment(EXPERIMENT_NAME)
-        client = registry.client
-        run = client.create_run(
-            experiment_id,
-            run_name=f"score {registry.model_name} v{scorer.version} @{stage}",
-            tags={MLFLOW_USER: actor(), MLFLOW_SOURCE_NAME: "churnlab score"},
-        )
-        run_id = run.info.run_id
-        params = {
-            "model_name": scorer.model_name,
-            "model_version": scorer.version,
-            "model_uri": registry.model_uri(scorer.version),
-            "model_run_id": scorer.run_id,
-            "stage": stage,
-            "scorer": scorer.kind,
-            "input": source.name,
-            "input_sha256": sha256,
-            "output": output.name,
-            "chunk_rows": chunk_rows,
-        }
-        from mlflow.entities import Param
-
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        return cls(client, run_id)
-
-    def finish(self, result: BatchResult, recorded: dict[str, Any]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        figures = {
-            "rows_accepted": result.accepted,
-            "rows_rejected": result.rejected,
-            "seconds": result.seconds,
-            "rows_per_minute": result.rows_per_minute,
-        }
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in figures.items()]
-        )
-        self.client.log_dict(self.run_id, recorded, "batch/metadata.json")
-        self.end("FINISHED")
-
-    def end(self, status: str) -> None:
-        with contextlib.suppress(Exception):  # never hide the error that ended the run
-            self.client.set_terminated(self.run_id, status)

@@ -17,42 +17,31 @@ they can approve its versions (four eyes).
 from __future__ import annotations
 
 import configparser
-import contextlib
 import csv
 import io
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from churnlab import store, tags
-from churnlab.backend import end_group, memory_kb
-from churnlab.errors import ChurnlabError, InputError, PermissionDenied, RegistryUnavailable
+from churnlab.backend import end_group
+from churnlab.errors import InputError, PermissionDenied, RegistryUnavailable
+from churnlab.postgres import Postgres, postgres_folder
 
-ADMIN = "admin"
+_ADMIN = "admin"
 #: the permission every user has on what they do not own: read each other's work
-DEFAULT_PERMISSION = "READ"
-MODEL_PREFIX = "churn-model-"
-EXPERIMENT_PREFIX = "churnlab-"
-USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
-
-
-def model_for(user: str) -> str:
-    """The model a student works on: ``churn-model-<user>``."""
-    return f"{MODEL_PREFIX}{user}"
-
-
-def experiment_for(user: str) -> str:
-    """The experiment a student's runs go to: ``churnlab-<user>``."""
-    return f"{EXPERIMENT_PREFIX}{user}"
+_DEFAULT_PERMISSION = "READ"
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+#: a student's model and experiment are named as a login's (``churn-model-<user>``,
+#: ``churnlab-<user>``): one naming, :func:`churnlab.store.model_for`
+model_for, experiment_for = store.model_for, store.experiment_for
 
 
 # ---------------------------------------------------------------------------- the server folder
@@ -96,14 +85,14 @@ def _private(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def write_auth_config(layout: Layout, database_uri: str) -> None:
+def _write_auth_config(layout: Layout, database_uri: str) -> None:
     """The auth app's ini: READ for all, the admin and a generated password (kept if set)."""
     admin_password = admin_credentials(layout)[1] if layout.ini.exists() else None
     config = configparser.ConfigParser()
     config["mlflow"] = {
-        "default_permission": DEFAULT_PERMISSION,
+        "default_permission": _DEFAULT_PERMISSION,
         "database_uri": database_uri,
-        "admin_username": ADMIN,
+        "admin_username": _ADMIN,
         # read once, when the auth database is created; it stays in this 0600 file so the
         # teacher's own commands (class-add-students) can log in as the admin
         "admin_password": admin_password or secrets.token_urlsafe(18),
@@ -127,132 +116,10 @@ def admin_credentials(layout: Layout) -> tuple[str, str]:
     if not config.read(layout.ini):
         raise InputError(f"no class server in {layout.folder}: run `churnlab class-server` first")
     section = config["mlflow"]
-    return section.get("admin_username", ADMIN), section.get("admin_password", "")
+    return section.get("admin_username", _ADMIN), section.get("admin_password", "")
 
 
-# ---------------------------------------------------------------------------- PostgreSQL
-def postgres_bin() -> Path | None:
-    """The folder of PostgreSQL's server binaries (Debian's newest, or on PATH), or None."""
-    import glob
-
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def postgres_folder(folder: Path) -> Path:
-    """Where the class server's PostgreSQL cluster lives: ``<folder>/postgres``, or, when
-    root runs it (PostgreSQL then runs as ``postgres``, who may not enter a private folder),
-    a folder of its own in the temporary directory named after the server's folder."""
-    folder = Path(folder).resolve()
-    if os.geteuid() != 0:
-        return folder / "postgres"
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"churnlab-class-pg-{digest}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Postgres:
-    """A private PostgreSQL cluster in ``folder`` on 127.0.0.1 (run as ``postgres`` by root).
-
-    ``durable=False`` turns fsync off: for throw-away clusters (the tests), never a class's.
-    The tests use this class too (one implementation of "a private cluster").
-    """
-
-    def __init__(self, folder: Path, *, durable: bool = True) -> None:
-        self.bin = postgres_bin()
-        if self.bin is None:
-            raise InputError(
-                "PostgreSQL is not installed (no initdb): install it (Debian: apt-get install "
-                "postgresql) or pass --backend-store-uri"
-            )
-        self.folder = Path(folder)
-        self.data = self.folder / "data"
-        port_file = self.folder / "port"
-        self.port = int(port_file.read_text()) if port_file.exists() else free_port()
-        self.user = "postgres" if os.geteuid() == 0 else None
-        self.durable = durable
-
-    def _run(self, *cmd: str) -> subprocess.CompletedProcess:
-        prefix: list[str] = []
-        if self.user:  # root may not run postgres
-            search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-            prefix = [shutil.which("runuser", path=search) or "runuser", "-u", self.user, "--"]
-        return subprocess.run(
-            [*prefix, *cmd],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=self.folder,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def start(self) -> Postgres:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if self.user:
-            shutil.chown(self.folder, self.user, self.user)
-        self.folder.chmod(0o700)
-        if not (self.data / "PG_VERSION").exists():
-            done = self._run(
-                str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust"
-            )
-            if done.returncode:
-                raise ChurnlabError(f"initdb failed: {done.stderr.strip()[-500:]}")
-        (self.folder / "port").write_text(str(self.port))
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder}"
-        if not self.durable:
-            options += " -c fsync=off"
-        done = self._run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.folder / "postgres.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-        if done.returncode:
-            log = self.folder / "postgres.log"
-            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            reason = " | ".join([done.stderr.strip()[-300:], *tail]).strip(" |")
-            raise ChurnlabError(f"PostgreSQL did not start: {reason} (log: {log})")
-        return self
-
-    def database(self, name: str) -> str:
-        """Create database ``name`` unless it exists; return its SQLAlchemy URI."""
-        done = self._run(
-            str(self.bin / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "postgres",
-            name,
-        )
-        if done.returncode and "already exists" not in done.stderr:
-            raise ChurnlabError(f"createdb {name} failed: {done.stderr.strip()[-300:]}")
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
-
-    def stop(self) -> None:
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop")
-
-
-def check_database(uri: str, what: str) -> None:
+def _check_database(uri: str, what: str) -> None:
     """Connect to ``uri`` once, so that a database the server could not use fails now, in one
     line (``mlflow server`` itself would retry for minutes with tracebacks in its log).
 
@@ -345,9 +212,9 @@ class ClassServer:
                 self.postgres = Postgres(postgres_folder(layout.folder)).start()
                 backend = self.postgres.database("mlflow")
                 auth_db = auth_db or self.postgres.database("mlflow_auth")
-        write_auth_config(layout, auth_db)
-        check_database(backend, "registry database (--backend-store-uri)")
-        check_database(auth_db, "auth database (--auth-database-uri)")
+        _write_auth_config(layout, auth_db)
+        _check_database(backend, "registry database (--backend-store-uri)")
+        _check_database(auth_db, "auth database (--auth-database-uri)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
         env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)  # the ini decides, not a stray variable
         env.update(
@@ -390,23 +257,6 @@ class ClassServer:
         except requests.RequestException:
             return False
 
-    def pids(self) -> list[int]:
-        """The server's processes (its own process group)."""
-        if self.proc is None:
-            return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    if int(fields[2]) == self.proc.pid:  # pgrp
-                        found.append(int(entry.name))
-        return found
-
-    def rss_mb(self) -> float:
-        """Resident memory of all the server's processes, in MiB."""
-        return sum(memory_kb(pid) or 0 for pid in self.pids()) / 1024
-
     def stop(self) -> None:
         """Stop the server's process group, then PostgreSQL."""
         if self.proc is not None:
@@ -443,7 +293,7 @@ def serve(
         server.start()
         print(
             f"class server at {server.url} (basic auth, everyone reads, each changes their own)\n"
-            f"  admin login: {ADMIN}, password in {server.layout.ini} (yours only)\n"
+            f"  admin login: {_ADMIN}, password in {server.layout.ini} (yours only)\n"
             f"  add students: churnlab class-add-students students.csv --folder {folder}\n"
             "  Ctrl-C stops it",
             flush=True,
@@ -470,7 +320,7 @@ class Student:
     reviewer: str | None = None
 
 
-def read_students(path: Path) -> list[tuple[str, str | None]]:
+def _read_students(path: Path) -> list[tuple[str, str | None]]:
     """``(username, reviewer)`` per line of a CSV with a ``username`` (and optional
     ``reviewer``) column; names are lower-case letters, digits, ``.``, ``_``, ``-``."""
     if not path.is_file():
@@ -485,7 +335,7 @@ def read_students(path: Path) -> list[tuple[str, str | None]]:
         name = (row.get("username") or "").strip()
         reviewer = (row.get("reviewer") or "").strip() or None
         for value in filter(None, (name, reviewer)):
-            if not USERNAME.fullmatch(value) or value == ADMIN:
+            if not _USERNAME.fullmatch(value) or value == _ADMIN:
                 raise InputError(
                     f"{path}, line {line}: user name {value!r} must be lower-case letters, "
                     "digits, '.', '_' or '-' (and not admin)"
@@ -603,7 +453,7 @@ def add_students(
     """
     if approvals < 0:
         raise InputError(f"--approvals must be 0 or more, got {approvals}")
-    students = read_students(Path(csv_path))
+    students = _read_students(Path(csv_path))
     layout = Layout(Path(folder).resolve())
     url = url or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not url and layout.url_file.exists():
@@ -616,7 +466,7 @@ def add_students(
         user, password = admin_credentials(layout)
     admin = _Admin(url, user, password)
     echo = echo or (lambda line: None)
-    echo(HEADER)
+    echo(_HEADER)
     done = []
     for name, reviewer in students:
         one_time = secrets.token_urlsafe(12)  # 16 characters; MLflow asks for 12 or more
@@ -624,7 +474,7 @@ def add_students(
         student = Student(
             name, model_for(name), experiment_for(name), one_time if created else None, reviewer
         )
-        echo(credentials_line(student))
+        echo(_credentials_line(student))
         admin.create_model(student.model)
         admin.grant(name, "registered_model", student.model, "MANAGE")
         admin.grant(name, "experiment", admin.experiment_id(student.experiment), "MANAGE")
@@ -634,28 +484,18 @@ def add_students(
     for student in done:  # every login exists now, reviewers included
         if student.reviewer:
             admin.grant(student.reviewer, "registered_model", student.model, "EDIT")
-    echo(FOOTER)
+    echo(_FOOTER)
     return done
 
 
-HEADER = f"{'user':16} {'one-time password':18} {'model':28} experiment"
-FOOTER = (
+_HEADER = f"{'user':16} {'one-time password':18} {'model':28} experiment"
+_FOOTER = (
     "each student: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password> "
     "CHURNLAB_EXPERIMENT=churnlab-<user>; then churnlab --model churn-model-<user> ..."
 )
 
 
-def credentials_line(student: Student) -> str:
+def _credentials_line(student: Student) -> str:
     """One student's line for the teacher's terminal (the password shown this once)."""
     shown = student.password or "(exists: unchanged)"
     return f"{student.username:16} {shown:18} {student.model:28} {student.experiment}"
-
-
-@contextlib.contextmanager
-def running(folder: Path, **options) -> Iterator[ClassServer]:
-    """A class server for the block (tests, scripts), stopped afterwards."""
-    server = ClassServer(folder, **options).start()
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -152,7 +152,7 @@ def login(
     if not password:
         raise InputError(f"a login needs {user}'s password")
     found = check_login(server, user, password)
-    model = f"{store.MODEL_PREFIX}{found['username']}"
+    model = store.model_for(found["username"])
     if not found["is_admin"] and not _has_model(server, user, password, model):
         raise PermissionDenied(
             f"{user} may log in to {server}, but the class has no model {model}: ask your "

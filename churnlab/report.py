@@ -16,12 +16,10 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from churnlab import store, work
-
-if TYPE_CHECKING:  # the runner calls the report; the report only reads the run it is given
-    from churnlab.runner import WorkbookRun
+from churnlab.runs import WorkbookRun
 
 #: the tag of the 05_verify cell whose output is ``{"staging": {...}, "production": {...}}``
 HEALTH_TAG = "health"
@@ -130,7 +128,7 @@ def _exporter():
     )
 
 
-def notebook_html(path: Path, exporter=None) -> str:
+def _notebook_html(path: Path, exporter=None) -> str:
     """One executed notebook as an HTML fragment (code folded, images as data URIs)."""
     import nbformat
 
@@ -178,7 +176,7 @@ def _cell(value: Any) -> str:
     return f'<span class="{cls}">{escaped}</span>' if cls else escaped
 
 
-def registry_summary(model_name: str) -> dict[str, Any]:
+def _registry_summary(model_name: str) -> dict[str, Any]:
     """Versions, stage holders and history of ``model_name`` as plain data (empty if none)."""
     from churnlab import tables
     from churnlab.errors import InputError
@@ -197,7 +195,7 @@ def registry_summary(model_name: str) -> dict[str, Any]:
     }
 
 
-def summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any] | None) -> str:
+def _summary_html(run: WorkbookRun, facts: dict[str, Any], health: dict[str, Any] | None) -> str:
     """The report's top: how the run went, then what the registry says."""
     parts = ['<section id="summary" class="wb-summary">', "<h1>churnlab workbook</h1>"]
     parts.append(f'<p class="wb-kind">{html.escape(work.KINDS.get(run.kind, run.kind))}</p>')
@@ -289,7 +287,7 @@ def build_report(run: WorkbookRun, *, out: Path) -> Path:
         kind=run.kind,
         registry_label=run.registry_label,
     )
-    facts = registry_summary(model_name)
+    facts = _registry_summary(model_name)
     verify = next((r for r in run.runs if r.name == "05_verify"), None)
     health = health_answers(verify.path) if verify else None
     sections = []
@@ -299,7 +297,7 @@ def build_report(run: WorkbookRun, *, out: Path) -> Path:
             continue
         sections.append(
             f'<section id="nb-{r.name}" class="wb-notebook"><div class="wb-label">'
-            f"notebook {html.escape(r.name)}.ipynb</div>{notebook_html(r.path, exporter)}</section>"
+            f"notebook {html.escape(r.name)}.ipynb</div>{_notebook_html(r.path, exporter)}</section>"
         )
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -307,7 +305,7 @@ def build_report(run: WorkbookRun, *, out: Path) -> Path:
         "<title>churnlab workbook</title>\n"
         f"<style>{_lab_css()}\n{_CSS}</style>\n</head>\n"
         '<body class="jp-Notebook" data-jp-theme-light="true" data-jp-theme-name="JupyterLab Light">\n'
-        f"<main>\n{work.work_html(summary)}\n{summary_html(run, facts, health)}\n"
+        f"<main>\n{work.work_html(summary)}\n{_summary_html(run, facts, health)}\n"
         f"{''.join(sections)}\n</main>\n{work.embed(summary)}\n</body>\n</html>\n"
     )
     problems = network_references(page)
@@ -327,4 +325,4 @@ def remove(out: Path) -> None:
     out.with_suffix(".json").unlink(missing_ok=True)
 
 
-__all__ = ["build_report", "health_answers", "network_references", "notebook_html", "remove"]
+__all__ = ["build_report", "health_answers", "network_references", "remove"]

@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,57 +24,12 @@ from churnlab.kernel import (
     kernel_manager_class,
     skip_slow_format_checkers,
 )
+from churnlab.runs import LAB, NOTEBOOKS, REPLAY, NotebookRun, WorkbookRun
 
-NOTEBOOKS = ("01_train", "02_gate", "03_staging", "04_promote", "05_verify")
 #: where a run that failed writes its report, beside the last complete one
 PARTIAL = "workbook.partial.html"
-
 #: the actor recorded by the committed notebooks' runs (nbval compares the history table)
 REFERENCE_ACTOR = "student"
-
-
-@dataclass
-class NotebookRun:
-    """One executed notebook: where it was written, how long it took, how it ended.
-
-    ``exit_code``: what the failure means for ``churnlab workbook`` (a churnlab error's own
-    code, such as 4 for a permission the server refused; else 1).
-    """
-
-    name: str
-    path: Path
-    seconds: float
-    status: str = "ok"  # ok | failed | saved (a notebook as saved in JupyterLab, not re-run)
-    error: str = ""
-    exit_code: int = 0
-
-
-#: the kinds of report: a replay executed headless, or the notebooks as saved in the lab
-REPLAY, LAB = "replay", "lab"
-
-
-@dataclass
-class WorkbookRun:
-    """What ``churnlab workbook`` did (``kind`` replay), or what ``churnlab report`` found
-    in the notebooks as saved in JupyterLab (``kind`` lab)."""
-
-    runs: list[NotebookRun]
-    report: Path | None
-    registry_label: str
-    parameters: dict[str, Any]
-    seconds: float = 0.0
-    kind: str = REPLAY
-    model_name: str = store.DEFAULT_MODEL_NAME
-
-    @property
-    def failed(self) -> NotebookRun | None:
-        """The notebook that failed, or None."""
-        return next((r for r in self.runs if r.status == "failed"), None)
-
-    @property
-    def notebooks(self) -> tuple[str, ...]:
-        """Every notebook of the workbook, in order, whether this run ran it or not."""
-        return NOTEBOOKS
 
 
 def notebooks_dir() -> Path:
@@ -153,7 +107,7 @@ def check_parameters(
             raise InputError(f"parameter {name} takes a {kind}, got {value!r}")
 
 
-def story_parameters(parameters: dict[str, Any]) -> None:
+def _story_parameters(parameters: dict[str, Any]) -> None:
     """Check, in place, whose story a run tells: ``student`` (a name, never blank) and
     ``data`` (a readable Telco CSV, made absolute: the notebooks run in their folder)."""
     from churnlab.workbook import Story
@@ -183,7 +137,7 @@ def _kind(parameter: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def registry_environment(
+def _registry_environment(
     home: Path | None,
     actor: str | None = None,
     configure: bool = True,
@@ -351,7 +305,7 @@ def run_workbook(
     declared = {n: declared_parameters(source_dir / f"{n}.ipynb") for n in names}
     # ``student`` is the run's own (the actor, the report): only some notebooks take it
     check_parameters({k: v for k, v in parameters.items() if k != "student"}, declared)
-    story_parameters(parameters)
+    _story_parameters(parameters)
 
     output = Path(output or store.project_root() / "reports").resolve()
     executed = output / "executed"
@@ -369,7 +323,7 @@ def run_workbook(
             store.ensure_experiment()
 
     actor = parameters.get("student")
-    with registry_environment(
+    with _registry_environment(
         home, actor=actor, configure=reuse_registry, model_name=model_name
     ) as label:
         if reuse_registry:  # an unreachable server fails here, before anything starts
@@ -415,7 +369,7 @@ def run_workbook(
     return result
 
 
-def saved_state(path: Path) -> tuple[str, str]:
+def _saved_state(path: Path) -> tuple[str, str]:
     """How a notebook was saved in JupyterLab: ``saved`` (its cells ran), ``not run`` (no
     output at all) or ``error`` (a cell's error is saved), with the error's line."""
     import nbformat
@@ -468,11 +422,11 @@ def lab_report(
     student = student_name(parameters.get("student"))
     if student is not None:
         parameters["student"] = student
-    story_parameters(parameters)
+    _story_parameters(parameters)
     runs = []
     for n in NOTEBOOKS:
         path = source / f"{n}.ipynb"
-        status, error = saved_state(path)
+        status, error = _saved_state(path)
         runs.append(NotebookRun(n, path, 0.0, status, error))
     output = Path(output or store.project_root() / "reports").resolve()
     result = WorkbookRun(
@@ -500,7 +454,7 @@ def update_notebooks(names: Sequence[str] | None = None, *, home: Path | None = 
         if home is None:
             home = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "home"
         stack.enter_context(
-            registry_environment(home, actor=REFERENCE_ACTOR, model_name=store.DEFAULT_MODEL_NAME)
+            _registry_environment(home, actor=REFERENCE_ACTOR, model_name=store.DEFAULT_MODEL_NAME)
         )
         for n in names:
             path = notebooks_dir() / f"{n}.ipynb"
@@ -527,8 +481,8 @@ __all__ = [
     "LAB",
     "NOTEBOOKS",
     "PARTIAL",
-    "REPLAY",
     "REFERENCE_ACTOR",
+    "REPLAY",
     "NotebookFailed",
     "NotebookRun",
     "WorkbookRun",
@@ -537,11 +491,8 @@ __all__ = [
     "lab_report",
     "notebooks_dir",
     "parse_value",
-    "registry_environment",
     "run_notebook",
     "run_workbook",
-    "saved_state",
     "select",
-    "story_parameters",
     "update_notebooks",
 ]

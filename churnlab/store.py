@@ -8,6 +8,10 @@ code talks to that server, authenticated by MLflow's own credentials
 ``~/.mlflow/credentials``). After a login the model and the experiment are the user's own
 (``churn-model-<user>``, ``churnlab-<user>``). Nothing here runs at import: entry points
 call :func:`configure`.
+
+What the server says about who is asking, and why it refused, is read here too: MLflow's
+errors become churnlab's in one place, :func:`translate`, which the registry's boundary
+(:mod:`churnlab.registry.boundary`) and the CLI both use.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from churnlab.errors import ChurnlabError, PermissionDenied, RegistryUnavailable
 DEFAULT_MODEL_NAME = "churn-model"
 EXPERIMENT_NAME = "churnlab"
 #: a logged-in user's own model and experiment are these prefixes plus the user name
-MODEL_PREFIX = "churn-model-"
-EXPERIMENT_PREFIX = "churnlab-"
-SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
+_MODEL_PREFIX = "churn-model-"
+_EXPERIMENT_PREFIX = "churnlab-"
+_SECRET_VARIABLES = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD")
 
 # Fail fast against an unreachable server instead of MLflow's minutes of retries: a server
 # that stops answering costs at most two 5 s attempts per request, so every command ends
@@ -104,7 +108,17 @@ def model_name() -> str:
     if env:
         return env
     user = logged_in_user()
-    return f"{MODEL_PREFIX}{user}" if user else DEFAULT_MODEL_NAME
+    return model_for(user) if user else DEFAULT_MODEL_NAME
+
+
+def model_for(user: str) -> str:
+    """A user's own model on a class server: ``churn-model-<user>``."""
+    return f"{_MODEL_PREFIX}{user}"
+
+
+def experiment_for(user: str) -> str:
+    """A user's own experiment on a class server: ``churnlab-<user>``."""
+    return f"{_EXPERIMENT_PREFIX}{user}"
 
 
 def artifact_root() -> str | None:
@@ -118,7 +132,7 @@ def redact(text: str) -> str:
     """Remove credentials from a URI or message: user:password@, token=… and secret values."""
     text = re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
     text = re.sub(r"(?i)((?:token|password|secret|key)=)[^&\s]+", r"\1***", text)
-    secrets = [os.environ.get(name) for name in SECRET_VARIABLES]
+    secrets = [os.environ.get(name) for name in _SECRET_VARIABLES]
     secrets.append(config.stored_password())  # the login ``churnlab login`` stored
     for value in secrets:
         if value and len(value) >= 4:
@@ -192,10 +206,7 @@ def check_reachable(timeout: float = 5.0) -> None:
     try:
         requests.get(health, timeout=timeout)
     except requests.RequestException as exc:
-        reason = type(exc).__name__
-        raise RegistryUnavailable(
-            f"cannot reach the MLflow tracking server at {display_uri()} ({reason})"
-        ) from None
+        raise unreachable(type(exc).__name__) from None
 
 
 def dataset_source(artifact_uri: str) -> str:
@@ -227,7 +238,7 @@ def experiment_name() -> str:
     if env:
         return env
     user = logged_in_user()
-    return f"{EXPERIMENT_PREFIX}{user}" if user else EXPERIMENT_NAME
+    return experiment_for(user) if user else EXPERIMENT_NAME
 
 
 def ensure_experiment(name: str | None = None) -> str:
@@ -250,7 +261,7 @@ def ensure_experiment(name: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------- who is asking
 #: the auth app's "who am I" endpoint (``mlflow server --app-name basic-auth``)
-CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
+_CURRENT_USER_ENDPOINT = "/api/2.0/mlflow/users/current"
 
 
 def login_name() -> str | None:
@@ -286,12 +297,12 @@ def http_status(exc: BaseException) -> int | None:
 _USER_GONE = re.compile(r"User with username=\S+ not found")
 
 
-def login_gone(exc_or_text: BaseException | str) -> bool:
+def _login_gone(exc_or_text: BaseException | str) -> bool:
     """True when the server says the logged-in user no longer exists (deleted by the admin)."""
     return bool(_USER_GONE.search(str(exc_or_text)))
 
 
-def login_refused() -> PermissionDenied:
+def _login_refused() -> PermissionDenied:
     """The one line for a 401: who tried to log in where (never the password).
 
     A wrong password, an unknown user, and a login the admin changed or deleted since (the
@@ -310,7 +321,7 @@ def login_refused() -> PermissionDenied:
     )
 
 
-def server_failed(status: int) -> RegistryUnavailable:
+def _server_failed(status: int) -> RegistryUnavailable:
     """The one line for a 5xx: the server is up but failed (on a class server, typically its
     auth app, which cannot reach its database)."""
     who = f" (login {login_name()})" if login_name() else ""
@@ -324,11 +335,17 @@ def server_failed(status: int) -> RegistryUnavailable:
 def failure(exc: BaseException) -> ChurnlabError | None:
     """The churnlab error for a login refused, a deleted login or a failing server, or None."""
     status = http_status(exc)
-    if status == 401 or login_gone(exc):
-        return login_refused()
+    if status == 401 or _login_gone(exc):
+        return _login_refused()
     if status is not None and status >= 500:
-        return server_failed(status)
+        return _server_failed(status)
     return None
+
+
+def unreachable(reason: str | None = None) -> RegistryUnavailable:
+    """The one line for a server that does not answer (``reason``: what failed, if known)."""
+    why = f" ({reason})" if reason else ""
+    return RegistryUnavailable(f"cannot reach the MLflow tracking server at {display_uri()}{why}")
 
 
 # ---------------------------------------------------------------------------- refusals
@@ -367,7 +384,7 @@ ENDPOINT_VERBS: tuple[tuple[str, str], ...] = (
 _ENDPOINT = re.compile(r"/(?:ajax-)?api/\d\.\d/(?:mlflow-artifacts|mlflow)/([\w\-/.%]*)")
 
 
-def endpoint_verb(endpoint: str, model: str, method: str | None = None) -> str:
+def _endpoint_verb(endpoint: str, model: str, method: str | None = None) -> str:
     """What a request to ``endpoint`` does, in words (``move an alias of churn-model-bob``)."""
     found = _ENDPOINT.search(endpoint)
     path = found.group(1) if found else endpoint.lstrip("/")
@@ -389,10 +406,58 @@ def refusal(exc: BaseException, model: str, who: str | None = None) -> Permissio
     found = _ENDPOINT.search(str(url))
     if found is None:
         return PermissionDenied(f"permission denied: {who} may not change {model}")
-    verb = endpoint_verb(found.group(0), model, getattr(request, "method", None))
+    verb = _endpoint_verb(found.group(0), model, getattr(request, "method", None))
     return PermissionDenied(f"permission denied: {who} may not {verb}")
 
 
+# ---------------------------------------------------------------------------- the one translation
+#: what MLflow's REST client says when it gave up on a server that does not answer
+_UNREACHABLE_WORDS = ("Max retries exceeded", "Connection", "timed out")
+#: MLflow's error codes for something that does not exist: a question's answer, no failure
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def translate(
+    exc: BaseException, model: str, *, who: str | None = None, doing: str | None = None
+) -> ChurnlabError | None:
+    """The churnlab error for a failure of MLflow or of the network under it, or None.
+
+    The one translation of MLflow's errors: the registry's calls, batch scoring and the CLI
+    all give the same error, with the same exit code, for the same failure. A refused,
+    changed or deleted login (401) and a refusal (403: ``who`` may not ``doing``, or what
+    the refused endpoint does, :data:`ENDPOINT_VERBS`) are :class:`PermissionDenied`; a
+    failing server (5xx) and one that does not answer are :class:`RegistryUnavailable`.
+    None for anything else (an object that does not exist, a bug): the caller decides.
+    """
+    known = failure(exc)
+    if known is not None:
+        return known
+    if http_status(exc) == 403:
+        if doing is None:
+            return refusal(exc, model, who)
+        return PermissionDenied(
+            f"permission denied: {who or login_name() or 'you'} may not {doing}"
+        )
+    if _no_answer(exc):  # requests' errors (artifact uploads), sockets
+        return unreachable(type(exc).__name__)
+    if getattr(exc, "error_code", None) in _NOT_FOUND:
+        return None
+    if any(words in str(exc) for words in _UNREACHABLE_WORDS):
+        return unreachable()
+    return None
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """True for a network error that got no answer from the server (a refused connection, a
+    timeout), never for a file the disk refused or a response the server gave."""
+    import requests
+
+    if isinstance(exc, requests.RequestException):
+        return getattr(exc, "response", None) is None
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+# ---------------------------------------------------------------------------- who logged in
 def authenticated_user(timeout: float = 5.0) -> str | None:
     """The user the tracking server authenticated, or None when it does not say.
 
@@ -418,7 +483,7 @@ def current_user(timeout: float = 5.0) -> dict[str, Any] | None:
     try:
         response = http_request(
             get_default_host_creds(uri),
-            CURRENT_USER_ENDPOINT,
+            _CURRENT_USER_ENDPOINT,
             "GET",
             max_retries=0,
             timeout=timeout,
@@ -428,10 +493,10 @@ def current_user(timeout: float = 5.0) -> dict[str, Any] | None:
         if known is not None:
             raise known from None
         return None
-    if response.status_code == 401 or login_gone(response.text):
-        raise login_refused()
+    if response.status_code == 401 or _login_gone(response.text):
+        raise _login_refused()
     if response.status_code >= 500:
-        raise server_failed(response.status_code)
+        raise _server_failed(response.status_code)
     if response.status_code != 200:
         return None
     try:

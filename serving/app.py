@@ -61,6 +61,7 @@ APP_VARIABLES: tuple[str, ...] = (
     "MODEL_STAGE",  # staging | production (Staging / Production accepted)
     "MLFLOW_TRACKING_URI",  # a tracking server; unset: the embedded churnlab store
     "CHURNLAB_HOME",  # where the embedded store lives when MLFLOW_TRACKING_URI is unset
+    "CHURNLAB_MODEL",  # the model when MODEL_NAME is unset (a churnlab run's; else a login's own)
     "SERVING_MAX_RECORDS",  # records per request (default 10000)
     "SERVING_MAX_BODY_BYTES",  # bytes per request body (default 8 MiB)
     "MODEL_FOLLOW",  # true: follow the alias (swap in each version it names); default false

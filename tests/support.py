@@ -4,7 +4,10 @@
 - the real console script: ``run_cli`` (and ``cli`` / ``start_cli`` with a given env);
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
   ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
-  package's own, ``churnlab.classroom.Postgres`` (``durable=False`` for a throw-away one);
+  package's own, ``churnlab.postgres.Postgres`` (``durable=False`` for a throw-away one);
+  churnlab's backend and class server for a block: ``running_backend``,
+  ``running_class_server``;
+- what a batch run recorded beside its output: ``read_metadata``;
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
   and browser tests.
 """
@@ -12,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -28,6 +32,7 @@ import pytest
 import requests
 
 from churnlab import runner, store
+from churnlab.backend import STARTUP_TIMEOUT_S, Backend
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Flags for Debian's headless Chromium on this closed network (no background fetches).
@@ -336,6 +341,47 @@ def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen:
         env={**os.environ, **env},
         stdin=subprocess.DEVNULL,
     )
+
+
+@contextlib.contextmanager
+def running_backend(
+    stage: str,
+    *,
+    port: int | None = None,
+    model_name: str = store.DEFAULT_MODEL_NAME,
+    env: dict[str, str] | None = None,
+    timeout: float = STARTUP_TIMEOUT_S,
+) -> Iterator[Backend]:
+    """Start the backend for ``stage`` as a real uvicorn process; stop it on exit.
+
+    Waits until ``/health`` answers (``timeout`` seconds); if the process dies first,
+    raises ``churnlab.backend.BackendFailed`` with its last line of output.
+    """
+    backend = Backend(stage, port=port, model_name=model_name, env=env)
+    with contextlib.ExitStack() as stack:
+        stack.callback(backend.stop)
+        yield backend.start().wait_ready(timeout)
+
+
+@contextlib.contextmanager
+def running_class_server(folder: Path, **options):
+    """A class server (``churnlab.classroom.ClassServer``) for the block, stopped afterwards."""
+    from churnlab.classroom import ClassServer
+
+    server = ClassServer(folder, **options)
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.stop)
+        yield server.start()
+
+
+def read_metadata(output: Path) -> dict:
+    """What a batch run recorded with ``output``: a CSV's sidecar ``<output>.json``, or a
+    Parquet file's key-value metadata ``churnlab`` (README.md, Batch scoring)."""
+    if output.suffix.lower() == ".csv":
+        return json.loads(output.with_name(output.name + ".json").read_text(encoding="utf-8"))
+    import pyarrow.parquet as pq
+
+    return json.loads((pq.read_metadata(output).metadata or {})[b"churnlab"])
 
 
 # ---------------------------------------------------------------------------- the workbook run

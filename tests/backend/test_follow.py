@@ -17,10 +17,19 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import ROOT, cli, copy_db, free_port, remote_env, run_cli, sqlite_server, start_cli
+from support import (
+    ROOT,
+    cli,
+    copy_db,
+    free_port,
+    remote_env,
+    run_cli,
+    running_backend,
+    sqlite_server,
+    start_cli,
+)
 
 from churnlab import store, tags
-from churnlab.backend import running_backend
 from churnlab.follow import (
     Delivery,
     WebhookRefused,

@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from support import staged_copy
+from support import running_backend, staged_copy
 
 from churnlab import schema, store
-from churnlab.backend import free_port, running_backend
+from churnlab.backend import free_port
 from serving.app import Settings, create_app
 
 pytestmark = pytest.mark.xdist_group("invocations")  # its module fixtures, one worker

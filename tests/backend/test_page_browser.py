@@ -11,9 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support import CHROMIUM_ARGS
+from support import CHROMIUM_ARGS, running_backend
 
-from churnlab.backend import running_backend
 from churnlab.schema import EXAMPLE_RECORD
 
 CHROMIUM = "/usr/bin/chromium"

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 from support import copy_db as _copy_db
-from support import sqlite_server
+from support import running_backend, sqlite_server
 
 from churnlab import data, schema
-from churnlab.backend import free_port, running_backend
+from churnlab.backend import free_port
 from churnlab.schema import EXAMPLE_RECORD
 from churnlab.scoring import Scorer
 

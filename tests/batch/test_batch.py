@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from support import prove_parity
+from support import prove_parity, read_metadata
 
 from churnlab import batch, data, schema
 from churnlab.cli import main
@@ -141,7 +141,7 @@ def test_bad_rows_go_to_the_rejects_file_with_their_row_number_and_reason(
     assert scores[schema.ID_COLUMN].tolist() == kept[schema.ID_COLUMN].tolist()
     valid = data.validate(kept)  # strips " Yes " and reads the blank TotalCharges as 0
     assert np.array_equal(scores["churn_probability"].to_numpy(), expected(production, valid))
-    assert batch.read_metadata(tmp_path / "out.csv")["rows"] == {
+    assert read_metadata(tmp_path / "out.csv")["rows"] == {
         "accepted": 31,
         "rejected": 9,
         "total": 40,
@@ -270,7 +270,7 @@ def test_what_scored_is_recorded_with_the_output_and_as_an_mlflow_run(production
 
     result = batch.score_file(tmp_path / "in.csv", tmp_path / target)
 
-    found = batch.read_metadata(tmp_path / target)
+    found = read_metadata(tmp_path / target)
     mv = production.version(2)
     assert found["model_name"] == "churn-model"
     assert (found["version"], found["run_id"], found["stage"]) == (2, mv.run_id, "production")

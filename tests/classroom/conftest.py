@@ -22,7 +22,7 @@ import pytest
 import requests
 from support import CHURNLAB, cli, free_port
 
-from churnlab import classroom, store
+from churnlab import classroom, postgres, store
 from churnlab.backend import end_group, memory_kb
 
 
@@ -110,7 +110,7 @@ def _pids_with(text: str) -> list[int]:
 @pytest.fixture(scope="package")
 def class_server(tmp_path_factory):
     """`churnlab class-server` on a free port, its students added by the tests."""
-    if classroom.postgres_bin() is None:
+    if postgres.postgres_bin() is None:
         reason = "PostgreSQL server binaries not found (Debian's postgresql package)"
         if os.environ.get("CI"):
             pytest.fail(reason + " (CI must run the class tests)")
@@ -144,8 +144,8 @@ def class_server(tmp_path_factory):
         for pid in _pids_with(str(folder)):  # whatever outlived the command
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        cluster = classroom.postgres_folder(folder)
+        cluster = postgres.postgres_folder(folder)
         with contextlib.suppress(Exception):
-            classroom.Postgres(cluster).stop()
+            postgres.Postgres(cluster).stop()
         if cluster.is_relative_to(tempfile.gettempdir()):
             shutil.rmtree(cluster, ignore_errors=True)

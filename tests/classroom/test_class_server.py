@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from support import cli, remote_env
 
-from churnlab import classroom, tags
+from churnlab import classroom, postgres, tags
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class-server")]
 
@@ -155,6 +155,20 @@ def test_a_promotion_needs_an_approval_by_someone_else(klass):
     ]
     promote = [e for e in timeline if e["action"] == "promote"][-1]
     assert promote["approved_by"] == [CAROL] and promote["actor"] == ALICE
+
+
+def test_a_batch_run_is_recorded_as_the_login(klass, tmp_path):
+    """`churnlab score` records its MLflow run as the user the server logged in, not as the
+    CHURNLAB_ACTOR the student's environment declares (mallory)."""
+    from churnlab import data
+
+    data.write_csv(data.generate(200, seed=3), tmp_path / "in.csv")
+    args = ("score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--json")
+    result = json.loads(ok(klass.churnlab(ALICE, *args)))
+    assert (result["model_name"], result["version"]) == (classroom.model_for(ALICE), 1)
+    with as_student(klass, ALICE) as client:
+        run = client.get_run(result["batch_run_id"])
+    assert run.data.tags["mlflow.user"] == ALICE
 
 
 def test_an_out_of_band_move_is_detected_and_restored(klass):
@@ -319,7 +333,7 @@ def test_no_password_is_kept_anywhere_but_the_teachers_screen(klass):
     assert (klass.folder / "mlflow-server.log").stat().st_size > 0
     assert any((klass.folder / "artifacts").rglob("MLmodel"))  # the students' models
     assert files_containing(klass.folder, needles, skip=(layout.ini,)) == []
-    assert files_containing(classroom.postgres_folder(klass.folder), needles) == []
+    assert files_containing(postgres.postgres_folder(klass.folder), needles) == []
     # every tag (history, approvals, evidence), parameter and dataset source on the server
     texts = registry_texts(klass)
     assert any(tags.EVENT_PREFIX in t for t in texts) and len(texts) > 20

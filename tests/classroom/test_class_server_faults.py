@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 import requests
-from support import cli, free_port
+from support import cli, free_port, running_class_server
 
 from churnlab import classroom, store
 
@@ -64,7 +64,7 @@ def test_an_auth_database_the_server_cannot_use_is_one_line(tmp_path):
 def test_a_server_whose_auth_app_fails_is_one_line_exit_3(tmp_path):
     folder = tmp_path / "server"
     options = {"port": free_port(), "backend_store_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    with classroom.running(folder, **options) as server:
+    with running_class_server(folder, **options) as server:
         admin = requests.Session()
         admin.auth = classroom.admin_credentials(server.layout)
         new = {"username": "frank", "password": "frank-password-1234"}

@@ -175,3 +175,47 @@ def test_a_refusal_by_the_server_exits_4_with_one_line(registry, capsys, monkeyp
     err = capsys.readouterr().err
     assert "login refused by" in err and "wrong user name or password for alice" in err
     assert "s3cret-password-9" not in err
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "requests.ConnectionError",  # an artifact upload to a server that went away
+        "MlflowException: API request to endpoint /api/2.0/mlflow/registered-models/get failed "
+        "with exception ('Connection aborted.', ConnectionResetError(104, 'Connection reset by "
+        "peer'))",  # a server that dropped the connection
+    ],
+)
+def test_one_failure_reads_the_same_from_the_registry_and_from_the_cli(
+    registry, capsys, monkeypatch, failure
+):
+    """MLflow's errors are translated in one place: the same failure, raised inside the
+    registry's calls or outside them, is the same line and the same exit code."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from churnlab.errors import RegistryUnavailable
+    from churnlab.registry import Registry
+
+    def fail(*args, **kwargs):
+        if failure.startswith("requests."):
+            raise requests.ConnectionError("connection refused")
+        raise MlflowException(failure.split(": ", 1)[1])
+
+    class Failing:
+        """The real client, except that reading the registered model fails."""
+
+        def __init__(self, client):
+            self._client = client
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+        get_registered_model = staticmethod(fail)
+
+    with pytest.raises(RegistryUnavailable) as inside:
+        Registry(client=Failing(registry.client)).status()
+    monkeypatch.setattr(Registry, "status", fail)  # outside the registry's calls
+    assert cli.main(["status"]) == inside.value.exit_code == 3
+    assert capsys.readouterr().err == f"churnlab: {inside.value}\n"
+    assert str(inside.value).startswith("cannot reach the MLflow tracking server at sqlite:///")

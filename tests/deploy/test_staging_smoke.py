@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import run_cli
+from support import run_cli, running_backend
 
 from churnlab import gate
-from churnlab.backend import BackendFailed, running_backend
+from churnlab.backend import BackendFailed
 from churnlab.checks import COLUMNS
 from churnlab.errors import InputError, Refused
 from churnlab.smoke import SmokeResult, smoke_check

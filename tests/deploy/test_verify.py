@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import run_cli
+from support import run_cli, running_backend
 
-from churnlab.backend import free_port, running_backend
+from churnlab.backend import free_port
 from churnlab.errors import Refused
 from churnlab.verify import VerifyResult, verify_side_by_side
 

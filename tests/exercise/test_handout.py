@@ -198,7 +198,12 @@ def test_handout_is_this_project_without_the_teachers_files(handout_of_this_chec
     assert written == expected | {"handout.json"}, "the project, and the commit it came from"
     commit = json.loads((this_handout / "handout.json").read_text())["commit"]
     assert commit == (train.git_commit(ROOT) or "unknown")
-    for must in ("Makefile", "pyproject.toml", "churnlab/cli.py", "notebooks/01_train.ipynb"):
+    for must in (
+        "Makefile",
+        "pyproject.toml",
+        "churnlab/cli/__init__.py",
+        "notebooks/01_train.ipynb",
+    ):
         assert must in written
     assert "docs/teaching.md" not in written
     assert not any(

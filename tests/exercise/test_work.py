@@ -137,7 +137,7 @@ def test_two_students_get_every_task_done_with_their_own_numbers(teachers):
         assert f"Student: <b>{name}</b>" in page and "Traceback" not in page
         assert report.network_references(page) == []
         registry = _registry(folder)
-        metrics[name] = [registry.metrics(v)["accuracy"] for v in (1, 2, 3)]
+        metrics[name] = [registry.evidence(v).metrics["accuracy"] for v in (1, 2, 3)]
         digests[name] = summary["data"]["digests"]
         assert {e.actor for e in registry.history()} == {name}, "the student moved the aliases"
     assert metrics["alice"] != metrics["bob"]

@@ -133,7 +133,7 @@ def test_workflows_upload_the_report_even_when_a_step_failed(path):
 def _check_command(argv: list[str], expected: list[str]) -> dict:
     assert argv[:2] == ["churnlab", "workbook"]
     args = cli.build_parser().parse_args(argv[1:])
-    assert args.func is cli.cmd_workbook
+    assert args.func is cli.notebooks.cmd_workbook
     assert args.reuse_registry, "CI runs against the team's tracking server"
     assert runner.select(args.only) == expected
     parameters = {name: runner.parse_value(value) for name, value in args.parameters}

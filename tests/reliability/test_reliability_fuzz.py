@@ -19,9 +19,8 @@ from collections import Counter
 
 import pytest
 import requests
-from support import staged_copy
+from support import running_backend, staged_copy
 
-from churnlab.backend import running_backend
 from churnlab.schema import EXAMPLE_RECORD
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz-backend")]

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-from support import staged_copy
+from support import running_backend, staged_copy
 
-from churnlab.backend import memory_kb, running_backend
+from churnlab.backend import memory_kb
 from churnlab.gate import Policy, run_gate
 from churnlab.schema import EXAMPLE_RECORD
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import MlflowServer, cli, remote_env, start_cli
 
-from churnlab.classroom import Postgres, postgres_bin
+from churnlab.postgres import Postgres, postgres_bin
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-server")]
 
