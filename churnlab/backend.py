@@ -1,4 +1,5 @@
-"""The serving backend as a real uvicorn process on 127.0.0.1: start, wait, talk, stop.
+"""The serving backend as a real uvicorn process on 127.0.0.1: start, wait, talk, stop; and
+the backends already running on this machine.
 
 The smoke check, side-by-side verification, the tests and the benchmarks all run the
 backend this way: ``python -m uvicorn serving.app:app`` in a child process, configured by
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -251,3 +253,77 @@ class Backend:
             self.output()
             self._log.close()
             self._log = None
+
+
+# ---------------------------------------------------------------------------- backends running here
+@dataclass(frozen=True)
+class RunningBackend:
+    """A serving backend process running on this machine, as its command line says.
+
+    ``registry`` names the registry its environment points at (:func:`registry_of`).
+    """
+
+    pid: int
+    stage: str
+    model_name: str
+    port: int
+    registry: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def registry_of(environ: dict[str, str] | os._Environ) -> str:
+    """Which registry an environment points at, as far as it says: a tracking URI, an
+    embedded store's folder, or the project's default."""
+    uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return store.redact(uri.rstrip("/"))
+    home = environ.get("CHURNLAB_HOME", "").strip()
+    return f"embedded store in {home}" if home else "the project's own"
+
+
+def running_backends(*, children_only: bool = False) -> list[RunningBackend]:
+    """The serving backends running on this machine for this user: ``uvicorn
+    serving.app:app`` processes (what the notebooks and ``churnlab`` start) and
+    ``churnlab serve`` commands started from a terminal. ``children_only``: those this
+    process started. Read from ``/proc`` (empty where it is absent)."""
+    found = []
+    me, uid = str(os.getpid()), os.getuid()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if entry.stat().st_uid != uid or entry.name == me:
+                continue
+            stat = (entry / "stat").read_text()
+            if children_only and stat.rsplit(")", 1)[1].split()[1] != me:
+                continue
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            served = APP in argv
+            typed = any(Path(a).name == "churnlab" for a in argv[:2]) and "serve" in argv
+            if not (served or typed):
+                continue
+            environ = dict(
+                item.split("=", 1)
+                for item in (entry / "environ").read_bytes().decode(errors="replace").split("\0")
+                if "=" in item
+            )
+            stage = _option(argv, "--stage") or environ.get("MODEL_STAGE") or "staging"
+            port = int(_option(argv, "--port") or DEFAULT_PORTS.get(stage.lower(), 0))
+            model = _option(argv, "--model") or environ.get("MODEL_NAME") or ""
+        except (OSError, IndexError, ValueError):
+            continue
+        found.append(
+            RunningBackend(int(entry.name), stage.lower(), model, port, registry_of(environ))
+        )
+    return sorted(found, key=lambda b: b.pid)
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` in a command line, or None."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None

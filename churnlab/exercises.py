@@ -1,7 +1,8 @@
 """The "Your turn" tasks' checks: is each task done, judged from the registry alone?
 
 Each check reads what the registry recorded (versions, their tags, the history of moves)
-and, for Task 4, the serving backends running on this machine; never a notebook variable.
+and, for Task 4, the serving backends running on this machine
+(:func:`churnlab.backend.running_backends`); never a notebook variable.
 It answers with a :class:`Verdict`: done with the evidence, or not yet with one line naming
 the first step still missing (the steps before it are checked first) and how to take it,
 in Python terms and naming the student's candidate as ``workbook.my_candidate(registry)``,
@@ -16,10 +17,10 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from churnlab import store, tags
+from churnlab.backend import RunningBackend, registry_of, running_backends
 
 if TYPE_CHECKING:
     from churnlab.registry import Event, Registry
@@ -58,34 +59,6 @@ class Verdict:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class RunningBackend:
-    """A serving backend process running on this machine, as its command line says.
-
-    ``registry`` names the registry its environment points at (:func:`registry_of`).
-    """
-
-    pid: int
-    stage: str
-    model_name: str
-    port: int
-    registry: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def registry_of(environ: dict[str, str] | os._Environ) -> str:
-    """Which registry an environment points at, as far as it says: a tracking URI, an
-    embedded store's folder, or the project's default."""
-    uri = environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return store.redact(uri.rstrip("/"))
-    home = environ.get("CHURNLAB_HOME", "").strip()
-    return f"embedded store in {home}" if home else "the project's own"
-
-
 # ---------------------------------------------------------------------------- reading
 def is_own(version: Any) -> bool:
     """True for a model version (MLflow's object) tagged as the student's own candidate."""
@@ -101,53 +74,6 @@ def my_version(registry: Registry) -> int | None:
     """The student's candidate now: the newest own one (``workbook.train_own``), or None."""
     own = own_versions(registry)
     return own[-1] if own else None
-
-
-def running_backends(*, children_only: bool = False) -> list[RunningBackend]:
-    """The serving backends running on this machine for this user: ``uvicorn
-    serving.app:app`` processes (what the notebooks and ``churnlab`` start) and
-    ``churnlab serve`` commands started from a terminal. ``children_only``: those this
-    process started. Read from ``/proc`` (empty where it is absent)."""
-    from churnlab.backend import APP, DEFAULT_PORTS
-
-    found = []
-    me, uid = str(os.getpid()), os.getuid()
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if entry.stat().st_uid != uid or entry.name == me:
-                continue
-            stat = (entry / "stat").read_text()
-            if children_only and stat.rsplit(")", 1)[1].split()[1] != me:
-                continue
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            served = APP in argv
-            typed = any(Path(a).name == "churnlab" for a in argv[:2]) and "serve" in argv
-            if not (served or typed):
-                continue
-            environ = dict(
-                item.split("=", 1)
-                for item in (entry / "environ").read_bytes().decode(errors="replace").split("\0")
-                if "=" in item
-            )
-            stage = _option(argv, "--stage") or environ.get("MODEL_STAGE") or "staging"
-            port = int(_option(argv, "--port") or DEFAULT_PORTS.get(stage.lower(), 0))
-            model = _option(argv, "--model") or environ.get("MODEL_NAME") or ""
-        except (OSError, IndexError, ValueError):
-            continue
-        found.append(
-            RunningBackend(int(entry.name), stage.lower(), model, port, registry_of(environ))
-        )
-    return sorted(found, key=lambda b: b.pid)
-
-
-def _option(argv: list[str], name: str) -> str | None:
-    """The value of ``--name VALUE`` or ``--name=VALUE`` in a command line, or None."""
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def _health(backend: RunningBackend) -> dict[str, Any] | None:
@@ -596,14 +522,12 @@ def check(
 __all__ = [
     "MINE",
     "TASKS",
-    "RunningBackend",
     "Verdict",
     "check",
     "is_own",
     "move_line",
     "my_version",
     "own_versions",
-    "running_backends",
     "task1",
     "task2",
     "task3",

@@ -9,7 +9,8 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
-from churnlab import exercises, store
+from churnlab import store
+from churnlab.backend import running_backends
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,7 +88,7 @@ def switches_table(backend: Backend) -> pd.DataFrame:
 def stop_backends() -> int:
     """Stop the serving backends this process started and left running; return how many."""
     stopped = 0
-    for found in exercises.running_backends(children_only=True):
+    for found in running_backends(children_only=True):
         try:
             os.kill(found.pid, signal.SIGTERM)
             os.waitpid(found.pid, 0)

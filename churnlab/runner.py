@@ -110,7 +110,7 @@ def check_parameters(
 def _story_parameters(parameters: dict[str, Any]) -> None:
     """Check, in place, whose story a run tells: ``student`` (a name, never blank) and
     ``data`` (a readable Telco CSV, made absolute: the notebooks run in their folder)."""
-    from churnlab.workbook import Story
+    from churnlab.story import Story
 
     story = Story.of(parameters.get("student"), data=parameters.get("data"))
     if "student" in parameters:
@@ -275,13 +275,13 @@ def run_workbook(
     not logged in: a login's server is the student's registry) the run uses a fresh
     embedded registry in ``<output>/registry`` so that two runs tell the same story. Every
     notebook uses one model, ``model_name`` (None: :func:`store.model_name`), and the
-    student :func:`churnlab.workbook.student_name` of ``parameters["student"]``. The
+    student :func:`churnlab.story.student_name` of ``parameters["student"]``. The
     notebooks run one after another in one kernel, reset in between
     (:class:`SharedKernel`), or each in a kernel of its own with ``shared_kernel=False``.
     ``notebooks`` is another folder holding the five notebooks (a student edition, say)
     instead of the project's.
     """
-    from churnlab.workbook import student_name
+    from churnlab.story import student_name
 
     skip_slow_format_checkers()
     names = select(only)
@@ -398,11 +398,11 @@ def lab_report(
     and answers) and the registry the lab used; nothing is re-run.
 
     The story's parameters are read from 01's saved parameters cell; the student is
-    :func:`churnlab.workbook.student_name` of it.
+    :func:`churnlab.story.student_name` of it.
     """
     import ast
 
-    from churnlab.workbook import student_name
+    from churnlab.story import student_name
 
     source = Path(notebooks) if notebooks is not None else notebooks_dir()
     missing = [n for n in NOTEBOOKS if not (source / f"{n}.ipynb").is_file()]

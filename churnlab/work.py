@@ -97,12 +97,12 @@ def work_summary(
 
     Never raises for an unreadable registry: the tasks then say so, one line each.
     """
-    model_name = model_name or store.model_name()
-    from churnlab import workbook
+    from churnlab.story import DEFAULT_SEED, Story
 
-    story = workbook.Story.of(
+    model_name = model_name or store.model_name()
+    story = Story.of(
         parameters.get("student"),
-        seed=int(parameters.get("seed", workbook.DEFAULT_SEED)),
+        seed=int(parameters.get("seed", DEFAULT_SEED)),
         data=parameters.get("data"),
     )
     data: dict[str, Any] = {"source": story.source, "rows": 0, "digests": {}}

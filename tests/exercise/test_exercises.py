@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from churnlab import exercises, following, gate, smoke, workbook
-from churnlab.backend import Backend
+from churnlab.backend import Backend, running_backends
 from churnlab.registry import PRODUCTION, Registry
+from churnlab.story import Story
 
 ROWS = 2400  # enough evaluation rows for the gate (min_eval_rows 500)
 
@@ -44,7 +45,7 @@ def test_under_the_autograder_a_task_not_done_is_an_assertion(monkeypatch, capsy
 
 @pytest.mark.slow
 def test_a_student_works_through_the_four_tasks(capsys):
-    story = workbook.Story.of("alice", rows=ROWS)
+    story = Story.of("alice", rows=ROWS)
     registry = Registry()
     workbook.train_candidates("logreg", story=story)  # v1, the walkthrough's
     assert _missing(1).startswith("no candidate of your own is registered")
@@ -113,7 +114,7 @@ def test_a_student_works_through_the_four_tasks(capsys):
     assert "no production backend of this registry is running on this machine" in _line(4)
     production = Backend("production").start().wait_ready()
     try:
-        mine_only = exercises.running_backends(children_only=True)
+        mine_only = running_backends(children_only=True)
         assert [b.stage for b in mine_only] == ["production"]
         assert "the newest registered version (v3) must be one nobody serves" in _line(4)
         workbook.train_candidates("main", story=story)  # v4: what main built
@@ -126,7 +127,7 @@ def test_a_student_works_through_the_four_tasks(capsys):
     finally:
         assert following.stop_backends() == 1
         production.stop()
-    assert exercises.running_backends(children_only=True) == []
+    assert running_backends(children_only=True) == []
     # what the check saw was recorded: the report, later, still finds it done
     assert [v.done for v in exercises.verdicts(registry)] == [True, True, True, True]
     registry.rollback(reason="an incident")

@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from churnlab import data, gate, student, train, workbook
 from churnlab.errors import InputError
 from churnlab.metrics import score
+from churnlab.story import Story
 
 POLICY = gate.Policy.load()
 NAMES = st.text(min_size=1, max_size=24).filter(lambda name: name.strip())
 
 
-def _fitted(story: workbook.Story, name: str, role: str | None = None):
+def _fitted(story: Story, name: str, role: str | None = None):
     spec = workbook.CANDIDATES[name]
     seed = story.seed_for(role or spec.role)
     parts = data.split(data.generate(story.rows, seed), seed=seed)
@@ -51,7 +52,7 @@ def _model_checks(model, frame) -> list:
 )
 @given(name=NAMES)
 def test_the_story_holds_for_every_student(name):
-    story = workbook.Story.of(name)
+    story = Story.of(name)
     assert story.base_seed == student.seed_of(name)
     assert len({story.seed_for(r) for r in ("base", "retrain", "main")}) == 3
 
@@ -74,12 +75,12 @@ def test_the_story_holds_for_every_student(name):
 
 
 def test_two_students_get_different_data_and_the_reference_story_stays():
-    alice, bob = workbook.Story.of("alice"), workbook.Story.of("bob")
+    alice, bob = Story.of("alice"), Story.of("bob")
     assert alice.base_seed != bob.base_seed
     assert student.snapshot_digests(alice.base_seed, 2000) != student.snapshot_digests(
         bob.base_seed, 2000
     )
-    reference = workbook.Story.of(None)
+    reference = Story.of(None)
     assert (reference.base_seed, reference.seed_for("retrain"), reference.seed_for("main")) == (
         42,
         7,
@@ -90,22 +91,22 @@ def test_two_students_get_different_data_and_the_reference_story_stays():
 @pytest.mark.parametrize("name", ["", "   ", "\t\n"])
 def test_a_blank_name_is_refused(name):
     with pytest.raises(InputError, match="student name must not be empty or blank"):
-        workbook.Story.of(name)
+        Story.of(name)
 
 
 def test_a_unicode_name_is_a_name_like_any_other():
-    story = workbook.Story.of("  Zoë Ñúñez 张伟  ")
+    story = Story.of("  Zoë Ñúñez 张伟  ")
     assert story.student == "Zoë Ñúñez 张伟"
     assert story.base_seed == student.seed_of("Zoë Ñúñez 张伟")
     # the same name typed decomposed (e + combining diaeresis) is the same student
-    assert workbook.Story.of("Zoe\u0308 Ñúñez 张伟").base_seed == story.base_seed
+    assert Story.of("Zoe\u0308 Ñúñez 张伟").base_seed == story.base_seed
 
 
 def test_a_csv_story_trains_every_candidate_on_the_file(tmp_path):
     path = data.write_csv(data.generate(600, 3), tmp_path / "telco.csv")
-    story = workbook.Story.of("alice", data=str(path))
+    story = Story.of("alice", data=str(path))
     assert story.source == "telco.csv"
     assert {story.seed_for(r) for r in ("base", "retrain", "main")} == {story.base_seed}
     assert len(story.frame()) == 600
     with pytest.raises(InputError, match="data must be a CSV file"):
-        workbook.Story.of(None, data=str(tmp_path / "missing.csv"))
+        Story.of(None, data=str(tmp_path / "missing.csv"))

@@ -9,6 +9,7 @@ import pytest
 
 from churnlab import train, workbook
 from churnlab.errors import InputError, OutOfOrder, Refused, exit_code_of
+from churnlab.story import Story
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_an_unknown_estimator_or_hyperparameter_is_refused_with_the_valid_names(
 
 
 def test_a_value_scikit_learn_refuses_is_one_line_before_any_run(trained_home):
-    story = workbook.Story.of("alice", rows=800)
+    story = Story.of("alice", rows=800)
     with pytest.raises(InputError, match=r"^The 'max_depth' parameter of RandomForestClassifier"):
         workbook.train_own(story, "forest", {"max_depth": "deep"})
     from churnlab.registry import Registry
