@@ -49,6 +49,19 @@ class TrainResult:
             "metrics": self.metrics,
         }
 
+    def line(self) -> str:
+        """One line for a person: model, version, estimator and its main figures."""
+        shown = ", ".join(
+            f"{name} {self.metrics[name]:.4f}"
+            for name in ("accuracy", "roc_auc", "f1")
+            if name in self.metrics
+        )
+        return f"{self.model_name} v{self.model_version}: {self.estimator}, {shown}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """A cell that ends with a training call shows this one line, not the dataclass."""
+        printer.text(self.line())
+
 
 def build_pipeline(estimator: str = "logreg", params: dict[str, Any] | None = None, seed: int = 42):
     """Preprocessing (one-hot categoricals, scaled numerics) plus the chosen classifier.

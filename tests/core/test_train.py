@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import IPython.lib.pretty
 import mlflow
 import mlflow.models
 import mlflow.pyfunc
@@ -225,6 +226,10 @@ def test_train_candidate_returns_what_it_registered(trained_home):
     assert result.metrics["roc_auc"] > 0.7  # it learned the churn effects
     assert set(result.snapshots) == KINDS
     assert sum(s["rows"] for s in result.snapshots.values()) == 800
+    # a notebook cell ending with the call shows one line (IPython's pretty printer)
+    accuracy = result.metrics["accuracy"]
+    assert result.line().startswith(f"churn-model v3: logreg, accuracy {accuracy:.4f}, roc_auc ")
+    assert IPython.lib.pretty.pretty(result) == result.line()
 
     client = MlflowClient()
     mv = client.get_model_version("churn-model", "3")
