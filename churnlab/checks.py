@@ -115,3 +115,14 @@ class Result:
             return f"{self.title} passed: {who} ({len(self.checks)} checks)"
         why = "; ".join(f"{c.name}: {c.detail or c.value}" for c in self.failed)
         return f"{self.title} failed: {who}: {why or 'no checks ran'}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """A notebook cell that ends with a step's call shows its summary line, not the
+        dataclass with every check (the tables show those)."""
+        printer.text(self.summary())
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # IPython prefers a subclass's own __repr__ (the dataclass's) to an inherited
+        # _repr_pretty_, so each step's result carries it itself
+        cls._repr_pretty_ = Result._repr_pretty_

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import IPython.lib.pretty
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,6 +173,7 @@ def test_failed_gate_leaves_the_version_registered_and_unstaged(registry):
     accuracy = next(c for c in result.checks if c.name == "accuracy")
     assert accuracy.status == "fail" and accuracy.threshold == 0.99 and accuracy.value < 0.99
     assert "accuracy" in result.summary() and result.summary().startswith("Gate failed")
+    assert IPython.lib.pretty.pretty(result) == result.summary()  # a cell's last value
 
     mv = MlflowClient().get_model_version("churn-model", "1")
     assert mv.tags[GATE_TAG] == "failed"
