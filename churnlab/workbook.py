@@ -74,9 +74,13 @@ def begin(
 
 
 def one_line(exc: BaseException) -> str:
-    """A churnlab error as the one line a notebook shows: its class and its Python wording."""
+    """A churnlab error as the one line a notebook shows: its class and its Python wording
+    (a message that already opens with the class's name, "refused: ...", says it once)."""
+    name = type(exc).__name__
     text = getattr(exc, "in_python", None) or str(exc)
-    return f"{type(exc).__name__}: {text}"
+    if text[: len(name) + 1].lower() == f"{name.lower()}:":
+        text = text[len(name) + 1 :].lstrip()
+    return f"{name}: {text}"
 
 
 def show_errors_in_one_line() -> bool:

@@ -32,12 +32,18 @@ def test_a_churnlab_error_is_one_line_and_the_traceback_stays_available(shell, c
     assert isinstance(result.error_in_exec, Refused), "the cell still fails: a run stops there"
     out = capsys.readouterr().out.strip()
     assert out == (
-        'Refused: refused: v1 -> Staging; pass override=True, reason="why"'
-        "   (%tb shows the traceback)"
-    ), "one line, in Python terms: no CLI flag, no traceback"
+        'Refused: v1 -> Staging; pass override=True, reason="why"   (%tb shows the traceback)'
+    ), "one line, in Python terms, saying 'refused' once: no CLI flag, no traceback"
     shell.run_line_magic("tb", "")
     shown = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
     assert "Traceback (most recent call last)" in shown and "raise Refused(" in shown
+
+
+def test_an_error_whose_message_does_not_name_it_is_named_by_its_class():
+    wrong = InputError("estimator must be one of ['logreg', 'forest', 'gbm'], got 'svm'")
+    assert workbook.one_line(wrong) == (
+        "InputError: estimator must be one of ['logreg', 'forest', 'gbm'], got 'svm'"
+    )
 
 
 def test_other_errors_keep_their_traceback(shell, capsys):
