@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from churnlab import store, tags
@@ -47,10 +47,14 @@ class Verdict:
     done: bool
     evidence: str = ""
     missing: str = ""
+    part: int | None = None  # a check of one part only (01 checks Task 1's first part)
 
     def line(self) -> str:
-        """``Task N done: <evidence>`` or ``Task N not yet: <what is missing>``."""
+        """``Task N done: <evidence>`` or ``Task N not yet: <what is missing>`` (``Task N,
+        part P ...`` for one part)."""
         number = self.id.removeprefix("task")
+        if self.part is not None:
+            number += f", part {self.part}"
         if self.done:
             return f"Task {number} done: {self.evidence}"
         return f"Task {number} not yet: {self.missing}"
@@ -127,18 +131,20 @@ def task1(registry: Registry, part: int | None = None) -> Verdict:
     """
     own = own_versions(registry)
     if not own:
-        return _verdict(
+        found = _verdict(
             "task1",
             False,
             "no candidate of your own is registered: in 01's Your turn cell, train one with "
             "workbook.train_own(story, ESTIMATOR, {HYPERPARAMETER: VALUE})",
         )
+        return found if part is None else replace(found, part=part)
     if part != 1:
         for earlier in reversed(own[:-1]):
             found = _task1_of(registry, earlier)
             if found.done:
                 return found
-    return _task1_of(registry, own[-1], part)
+    found = _task1_of(registry, own[-1], part)
+    return found if part is None else replace(found, part=part)
 
 
 def _task1_of(registry: Registry, mine: int, part: int | None = None) -> Verdict:

@@ -448,17 +448,24 @@ def train_own(
     params: dict[str, Any] | None = None,
     *,
     model_name: str | None = None,
+    **hyperparameters: Any,
 ) -> TrainResult:
     """Train the student's own candidate (Task 1) on the story's data; tag it as theirs.
 
+    Hyperparameters come as a dict (``{"max_depth": 8}``) or as keywords (``max_depth=8``).
     The estimator and its hyperparameters are checked first (one line naming the valid
-    ones). Each call registers a new version, which becomes :func:`my_candidate`: a task
-    done on an earlier one stays done.
+    ones); ``random_state`` is the story's seed, not a choice. Each call registers a new
+    version, which becomes :func:`my_candidate`: a task done on an earlier one stays done.
     """
     from churnlab import train
     from churnlab.registry import Registry
 
-    chosen = dict(params or {})
+    chosen = {**dict(params or {}), **hyperparameters}
+    if "random_state" in chosen:
+        raise InputError(
+            "random_state is the story's seed (it comes from your name): choose another "
+            "hyperparameter, e.g. max_depth for forest or C for logreg"
+        )
     train.build_pipeline(estimator, chosen)  # refuses an unknown estimator or hyperparameter
     registry = Registry(model_name)
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted(chosen.items()))

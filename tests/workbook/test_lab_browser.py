@@ -336,8 +336,10 @@ def test_a_student_does_task1_wrong_then_right_in_jupyterlab_and_reports_it(
         story = f"story: {NAME}'s (seed {seed_of(NAME)}, synthetic data)"
         begin = nb.code[1]  # workbook.begin(...): which registry, model and story
         assert nb.line(begin, "story: ") == story
-        untouched = nb.line("task1_progress", "Task 1 ")
-        assert untouched.startswith("Task 1 not yet: no candidate of your own is registered")
+        untouched = nb.line("task1_progress", "Task 1")
+        assert untouched.startswith(
+            "Task 1, part 1 not yet: no candidate of your own is registered"
+        )
 
         # wrong: a hyperparameter the forest does not have is one line naming the valid ones
         nb.replace_last_line("task1_act_1", WRONG_PARAMETER)
@@ -349,7 +351,7 @@ def test_a_student_does_task1_wrong_then_right_in_jupyterlab_and_reports_it(
         assert "max_depth" in refused and refused.endswith("(%tb shows the traceback)")
         assert [t.strip() for t in nb.outputs("task1_act_1").all_text_contents()] == [refused]
         nb.run("task1_progress")
-        wrong_check = nb.line("task1_progress", "Task 1 ")
+        wrong_check = nb.line("task1_progress", "Task 1")
         assert wrong_check == untouched
         nb.cell(nb.ids["task1_act_1"] - 1).evaluate("cell => cell.scrollIntoView()")  # Your turn
         shot = page.screenshot(path=str(tmp_path / "lab-task1.png"))
@@ -361,10 +363,10 @@ def test_a_student_does_task1_wrong_then_right_in_jupyterlab_and_reports_it(
         first = nb.run("task1_act_1")
         assert len(first) == 1 and first[0].startswith("churn-model v3: forest, accuracy ")
         nb.run("task1_progress")
-        defaults = nb.line("task1_progress", "Task 1 ")
+        defaults = nb.line("task1_progress", "Task 1")
         assert defaults.startswith(
-            "Task 1 not yet: your candidate (v3) is a forest with its defaults, and the task "
-            "asks you to set at least one hyperparameter"
+            "Task 1, part 1 not yet: your candidate (v3) is a forest with its defaults, and the "
+            "task asks you to set at least one hyperparameter"
         )
 
         # right: max_depth set; the check finds the newest own candidate, v4
@@ -372,9 +374,9 @@ def test_a_student_does_task1_wrong_then_right_in_jupyterlab_and_reports_it(
         second = nb.run("task1_act_1")
         assert len(second) == 1 and second[0].startswith("churn-model v4: forest, accuracy ")
         nb.run("task1_progress")
-        done = nb.line("task1_progress", "Task 1 ")
+        done = nb.line("task1_progress", "Task 1")
         assert re.fullmatch(
-            r"Task 1 done: v4 is yours: forest \(max_depth=8\), accuracy 0\.\d{4}; "
+            r"Task 1, part 1 done: v4 is yours: forest \(max_depth=8\), accuracy 0\.\d{4}; "
             r"replay the gate on it in 02",
             done,
         ), done

@@ -105,3 +105,11 @@ def test_staging_and_promotion_out_of_order(registry):
     registry.stage(1, override=True, reason="a test")
     again = workbook.stage_next(registry)
     assert again.version == 1 and again.message.startswith("nothing new passed the gate since")
+
+
+def test_the_story_seed_is_not_a_hyperparameter_and_keywords_work(trained_home):
+    story = Story.of("alice", rows=800)
+    with pytest.raises(InputError, match=r"^random_state is the story's seed"):
+        workbook.train_own(story, "forest", {"random_state": 3})
+    with pytest.raises(InputError, match="has no hyperparameter 'depth'"):
+        workbook.train_own(story, "forest", depth=3)  # keywords are checked the same way
