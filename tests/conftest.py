@@ -118,6 +118,11 @@ def _refuse_unmarked_servers(event: str, args: tuple) -> None:
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "load: a test whose point is load; `make test` runs it at a size that still proves "
+        "the behaviour, `make test-load` (`-m load`, the sizes in the Makefile) at full size",
+    )
     if not _RUNNING.get("hooked"):  # an audit hook stays for the life of the process
         sys.addaudithook(_refuse_unmarked_servers)
         _RUNNING["hooked"] = True

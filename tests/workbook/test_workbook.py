@@ -20,7 +20,7 @@ import nbformat
 import pytest
 import requests
 import support
-from support import run_cli
+from support import main, run_cli
 
 from churnlab import exercises, report, runner, store, tables, workbook
 from churnlab.errors import InputError
@@ -98,7 +98,7 @@ def test_every_notebook_declares_its_parameters_in_a_tagged_cell():
     ],
 )
 def test_user_errors_get_one_line_and_exit_2(tmp_path, args, message):
-    done = run_cli("workbook", "--output", str(tmp_path / "reports"), *args)
+    done = main("workbook", "--output", str(tmp_path / "reports"), *args)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not (tmp_path / "reports" / "workbook.html").exists()
@@ -477,7 +477,7 @@ def test_ui_points_at_the_tracking_server_when_one_is_configured():
     thread.start()
     try:
         uri = f"http://user:secret@127.0.0.1:{server.server_port}/"
-        done = run_cli("ui", env={"MLFLOW_TRACKING_URI": uri})
+        done = main("ui", env={"MLFLOW_TRACKING_URI": uri})
     finally:
         server.shutdown()
         server.server_close()
