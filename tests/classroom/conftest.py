@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import CHURNLAB, cli, free_port, needs
+from support import CHURNLAB, cli, free_port, main, needs
 
 from churnlab import classroom, store
 from churnlab.backend import end_group, memory_kb
@@ -50,9 +50,11 @@ class Class:
         }
 
     def churnlab(self, user: str, *args: str, model: str | None = None, **extra: str):
-        """Run the real CLI as ``user`` on ``churn-model-<user>`` (or ``model``)."""
+        """Run the CLI's entry point as ``user`` on ``churn-model-<user>`` (or ``model``), in
+        this process: the server's rules are the subject, not the console script (a wrong
+        login's one line is also checked from real processes, test_class_server.py)."""
         model = model or classroom.model_for(user)
-        done = cli("--model", model, *args, env=self.env(user, **extra), timeout=600)
+        done = main("--model", model, *args, env=self.env(user, **extra))
         self.outputs += [done.stdout, done.stderr]
         return done
 

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import MlflowServer, cli, needs, remote_env, start_cli
+from support import MlflowServer, main, needs, remote_env, start_cli
 
 from churnlab.classroom import Postgres
 
@@ -55,7 +55,9 @@ def ok(done, *codes: int) -> str:
 
 
 def churnlab(shared, who: str, *args: str, codes: tuple[int, ...] = (0,)):
-    done = cli("--model", MODEL, *args, env=as_user(shared, who), timeout=600)
+    """``churnlab --model shared-churn ARGS`` as ``who``, through the CLI's entry point in this
+    process (the two racing promoters below are real processes)."""
+    done = main("--model", MODEL, *args, env=as_user(shared, who))
     ok(done, *codes)
     return done
 
