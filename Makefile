@@ -43,9 +43,9 @@ workbook: $(STAMP)
 TEST_WORKERS ?= 2
 NBVAL := $(PY) -m pytest --nbval notebooks/ --nbval-current-env --nbval-sanitize-with notebooks/nbval.cfg
 #: the full size of each load test (README, Tests): `make test` uses the tests' own defaults
-#: (a class of 6, 8 s of wrk, 3 switches, 300 fuzzing cases)
+#: (a class of 6, 8 s of wrk, 3 switches, 300 fuzzing cases, 12 students' stories)
 LOAD_SIZES := CHURNLAB_CLASS_SIZE=30 CHURNLAB_LOAD_SECONDS=30 CHURNLAB_POLL_SWITCHES=10 \
-	CHURNLAB_WEBHOOK_SWITCHES=4 CHURNLAB_FUZZ_CASES=1500
+	CHURNLAB_WEBHOOK_SWITCHES=4 CHURNLAB_FUZZ_CASES=1500 CHURNLAB_STORY_NAMES=50
 
 test: $(STAMP)
 	@$(PY) tests/support.py
@@ -61,7 +61,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
 
 # the load tests at full size: thirty students, 32 clients for 30 s, 10 and 4 switches
-# under load, 1,500 fuzzing cases (.ci/run runs it after `make test`)
+# under load, 1,500 fuzzing cases, 50 students' stories (.ci/run runs it after `make test`)
 test-load: $(STAMP)
 	@$(PY) tests/support.py
 	$(LOAD_SIZES) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m load $(PYTEST_ARGS)

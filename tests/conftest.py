@@ -6,7 +6,13 @@ points at are only read).
 
 A test that starts a server, a browser, PostgreSQL, the notebooks or a load is marked
 ``slow`` (``make test-fast`` leaves those out); one that forgets fails, naming what it
-started (``support.slow_program``).
+started (``support.slow_program``). A test that needs a system program (wrk, Chromium,
+PostgreSQL, Java, ...) asks ``support.needs``; a load test is also marked ``load`` and
+runs at two sizes (``make test`` and ``make test-load``).
+
+Every bound on time says beside it why it is what it is. A ``timeout=`` on a request to a
+server on 127.0.0.1 only guards against a hang (an answer takes milliseconds), as do
+``support.COMMAND_TIMEOUT_S`` (one console-script process) and ``WORKBOOK_TIMEOUT_S``.
 """
 
 from __future__ import annotations

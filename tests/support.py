@@ -204,7 +204,14 @@ def main(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None)
     return Ran(list(args), int(code or 0), out.getvalue(), err.getvalue())
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+#: a hang guard for one CLI process: a command takes 2-30 s (a training, a smoke check's
+#: backend) on a loaded 2-core machine; five minutes means it hangs
+COMMAND_TIMEOUT_S = 300.0
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = COMMAND_TIMEOUT_S
+):
     """Run the real `churnlab` console script; return the CompletedProcess."""
     import subprocess
     import sys
@@ -304,7 +311,8 @@ def free_port() -> int:
 
 
 def _end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    """SIGTERM the process group, then SIGKILL whatever is left of it (``grace``: a server
+    stops in about a second after SIGTERM; what is still there after 10 s is killed)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGCONT)  # a frozen group cannot act on SIGTERM
         os.killpg(proc.pid, signal.SIGTERM)
@@ -331,7 +339,8 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180.0) -> MlflowServer:
-        """Start the server and wait until ``/health`` answers."""
+        """Start the server and wait until ``/health`` answers (5-20 s measured; the bound is
+        a hang guard for a loaded 2-core machine)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(BIN / "mlflow"),
@@ -373,11 +382,11 @@ class MlflowServer:
                 raise RuntimeError(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
             if self.healthy():
                 return self
-            time.sleep(0.25)
+            time.sleep(0.25)  # (a poll's cost, not a bound)
         self.stop()
         raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s")
 
-    def healthy(self, timeout: float = 2.0) -> bool:
+    def healthy(self, timeout: float = 2.0) -> bool:  # a local answer takes milliseconds
         try:
             return requests.get(f"{self.url}/health", timeout=timeout).status_code == 200
         except requests.RequestException:
@@ -410,7 +419,7 @@ class MlflowServer:
         assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=30)  # SIGKILL: the kernel reaps it at once; 30 s is a hang
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -448,7 +457,9 @@ def remote_env(url: str, **extra: str) -> Iterator[None]:
         store.configure()
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 300.0) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict[str, str], timeout: float = COMMAND_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     """Run the real ``churnlab`` console script with exactly ``env`` over os.environ."""
     return subprocess.run(
         [CHURNLAB, *args],
@@ -520,8 +531,13 @@ SECRETS = {
 }
 
 
+#: a hang guard for a whole workbook run: 50 s on a quiet machine, up to 250 s measured on a
+#: loaded shared one; fifteen minutes means it hangs
+WORKBOOK_TIMEOUT_S = 900.0
+
+
 def run_workbook(
-    folder: Path, *args: str, timeout: float = 900, secrets: bool = False
+    folder: Path, *args: str, timeout: float = WORKBOOK_TIMEOUT_S, secrets: bool = False
 ) -> WorkbookOutput:
     """Run the real console script with ``--output folder``; capture everything.
 

@@ -38,6 +38,7 @@ def test_hadolint_binary_comes_inside_the_wheel():
     assert binary, files
     path = Path(hadolint())
     assert path.read_bytes()[:4] == b"\x7fELF"  # the program, not a downloader script
+    # a linter: under a second; 60 s means it hangs
     done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Haskell Dockerfile Linter" in done.stdout
 
@@ -47,6 +48,7 @@ def test_dockerfile_passes_hadolint():
         [hadolint(), "--no-color", "--format", "json", str(DOCKERFILE)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -64,6 +66,7 @@ def test_hadolint_does_catch_problems(tmp_path):
         [hadolint(), "--no-color", "--format", "json", str(bad)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
     )
     codes = {finding["code"] for finding in json.loads(done.stdout)}
@@ -149,6 +152,7 @@ def test_a_misspelled_variable_in_the_list_form_and_the_dockerfile_is_caught(tmp
 
 
 def test_config_check_runs_as_a_module():
+    # a few seconds; 60 s means it hangs
     done = subprocess.run(
         [sys.executable, "-m", "serving.config_check"], capture_output=True, text=True, timeout=60
     )

@@ -127,6 +127,7 @@ def class_server(tmp_path_factory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        # PostgreSQL and MLflow's auth app start in 20-60 s; 240 s means it hangs
         deadline = time.monotonic() + 240
         while True:
             assert proc.poll() is None, (folder.parent / "class-server.out").read_text()

@@ -403,6 +403,7 @@ def _make_lab(folder: Path, tmp: Path):
 @pytest.mark.slow
 def test_make_lab_opens_the_students_notebooks(this_handout, tmp_path):
     with _make_lab(this_handout, tmp_path) as (url, token, proc):
+        # JupyterLab answers in 5-20 s; 90 s means it hangs
         deadline = time.monotonic() + 90
         listing = None
         while time.monotonic() < deadline and proc.poll() is None:

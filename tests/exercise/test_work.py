@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from support import UNICODE_NAME, main, run_cli
+from support import UNICODE_NAME, WORKBOOK_TIMEOUT_S, main, run_cli
 
 from churnlab import data, report, runner, student, work
 from churnlab.registry import Registry
@@ -89,7 +89,7 @@ def test_answers_are_read_by_grade_id_and_the_placeholder_is_not_an_answer(tmp_p
 
 # ---------------------------------------------------------------------------- whole runs
 def _run(folder: Path, *args: str):
-    done = run_cli("workbook", "--output", str(folder), *args, timeout=900)
+    done = run_cli("workbook", "--output", str(folder), *args, timeout=WORKBOOK_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     return done

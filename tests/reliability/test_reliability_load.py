@@ -100,6 +100,7 @@ def run_httpx(url: str, seconds: int) -> dict[str, float]:
 
     async def main() -> None:
         limits = httpx.Limits(max_connections=CLIENTS)
+        # an answer takes milliseconds; 10 s is wrk's --timeout too
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as session:
             deadline = time.monotonic() + seconds
             await asyncio.gather(*(client(session, deadline) for _ in range(CLIENTS)))
@@ -141,6 +142,7 @@ def backend(template_home, tmp_path_factory):
             1, registry=registry, policy=Policy.load(latency_samples=20)
         ),
     )
+    # start-up takes 5-20 s; 120 s means it hangs
     with running_backend("staging", env={"CHURNLAB_HOME": str(home)}, timeout=120) as running:
         assert running.health()["scorer"] == "onnx"
         yield running

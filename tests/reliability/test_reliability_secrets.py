@@ -97,11 +97,13 @@ def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_hom
     ]
     outputs = []
     for args, codes in steps:
+        # a hang guard: a step takes 2-60 s (train, smoke)
         done = cli(*args, env=env, timeout=600)
         outputs.append(done)
         assert done.returncode in codes, (args, done.stdout, done.stderr)
     # the CLI against an unreachable server with the same credentials
     dead = {**env, "MLFLOW_TRACKING_URI": f"http://{USER}:{MARKER}@127.0.0.1:{free_port()}"}
+    # it fails in 2-5 s; 60 s means it hangs
     unreachable = cli("status", env=dead, timeout=60)
     assert unreachable.returncode == 3, unreachable.stderr
     outputs.append(unreachable)

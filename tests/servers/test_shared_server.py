@@ -147,6 +147,7 @@ def test_two_people_promoting_at_once_on_a_shared_server(shared):
         for who, v in (("alice", "2"), ("bob", "3"))
     ]
     for proc in procs:
+        # a promotion takes 2-10 s; 300 s means it hangs
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
