@@ -22,7 +22,7 @@ import nbformat
 import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from support import ROOT, UNICODE_NAME, _end_group, free_port, run_cli
+from support import ROOT, UNICODE_NAME, _end_group, free_port, main
 
 from churnlab import cli, handout
 from churnlab.errors import InputError, Refused
@@ -175,11 +175,11 @@ def _teacher_answers() -> list[str]:
 
 @pytest.fixture(scope="module")
 def handout_of_this_checkout(tmp_path_factory) -> tuple[Path, set[str]]:
-    """`churnlab handout` of this checkout, by the installed console script, and the files
-    the checkout had just before."""
+    """`churnlab handout` of this checkout, by the CLI's entry point in this process, and the
+    files the checkout had just before (the console script writes one: exercise/conftest.py)."""
     target = tmp_path_factory.mktemp("class") / "handout"
     expected = {p.as_posix() for p in handout.project_files(ROOT)}
-    done = run_cli("handout", str(target))
+    done = main("handout", str(target))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote the student edition to {target}: ")
     return target, expected
