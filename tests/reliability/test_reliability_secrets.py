@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import cli, free_port, remote_env, sqlite_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workbook")]
+pytestmark = pytest.mark.slow
 
 MARKER = f"m4rker{uuid.uuid4().hex[:12]}"
 USER = "student"
@@ -82,6 +82,7 @@ def secret_env(url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.xdist_group("secrets-server")  # its own server: beside the workbook's tests
 def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_home):
     env = secret_env(server.url)
     steps = [
@@ -137,6 +138,7 @@ def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_hom
 # ---------------------------------------------------------------- the whole workbook
 
 
+@pytest.mark.xdist_group("workbook")  # the session's one workbook run, on its worker
 def test_workbook_run_with_secret_variables_leaks_nothing(tmp_path_factory, monkeypatch):
     from support import SECRET_MARKER, default_run
 
