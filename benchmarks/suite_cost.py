@@ -88,6 +88,11 @@ PLUGIN = r"""
 import json, os, resource, time
 _LOG = os.environ.get("SUITE_COST_LOG")
 _start = {}
+def pytest_configure(config):
+    # xdist's controller replays its workers' logstart/logfinish: only where tests run
+    global _LOG
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        _LOG = None
 def _cpu():
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
