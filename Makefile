@@ -57,8 +57,10 @@ test: $(STAMP)
 	wait $$notebooks; nbval=$$?; cat "$$log"; \
 	[ $$suite -eq 0 ] && [ $$nbval -eq 0 ]
 
+# the tests not marked slow, on the same two workers (no server, browser, PostgreSQL, notebook
+# or load run: what to run while working)
 test-fast: $(STAMP)
-	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -x -q -m "not slow" $(PYTEST_ARGS)
 
 # the load tests at full size: thirty students, 32 clients for 30 s, 10 and 4 switches
 # under load, 1,500 fuzzing cases, 50 students' stories (.ci/run runs it after `make test`)
