@@ -16,7 +16,7 @@ PY := $(ENV_DIR)/bin/python
 BIN := $(ENV_DIR)/bin
 STAMP := $(ENV_DIR)/.churnlab-installed
 
-.PHONY: setup workbook test test-fast lint format lab mlflow-ui bench clean class-server
+.PHONY: setup workbook test test-fast test-load lint format lab mlflow-ui bench clean class-server
 
 setup: $(STAMP)
 
@@ -36,11 +36,19 @@ workbook: $(STAMP)
 
 # `make test`: the suite on TEST_WORKERS pytest-xdist workers (--dist loadgroup: the tests
 # sharing a server or the workbook run stay on one worker) while strict nbval re-runs the
-# committed notebooks beside it; nbval's output follows the suite's, and both must pass
+# committed notebooks beside it; nbval's output follows the suite's, and both must pass.
+# It first names the system programs it did not find (their tests skip; under CI=true they
+# fail) and the one apt-get line that adds them. The load tests (marked `load`) run at a
+# size that still proves their point; `make test-load` runs them at full size (LOAD_SIZES).
 TEST_WORKERS ?= 2
 NBVAL := $(PY) -m pytest --nbval notebooks/ --nbval-current-env --nbval-sanitize-with notebooks/nbval.cfg
+#: the full size of each load test (README, Tests): `make test` uses the tests' own defaults
+#: (a class of 6, 8 s of wrk, 3 switches, 300 fuzzing cases, 12 students' stories)
+LOAD_SIZES := CHURNLAB_CLASS_SIZE=30 CHURNLAB_LOAD_SECONDS=30 CHURNLAB_POLL_SWITCHES=10 \
+	CHURNLAB_WEBHOOK_SWITCHES=4 CHURNLAB_FUZZ_CASES=1500 CHURNLAB_STORY_NAMES=50
 
 test: $(STAMP)
+	@$(PY) tests/support.py
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	@log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
@@ -49,8 +57,16 @@ test: $(STAMP)
 	wait $$notebooks; nbval=$$?; cat "$$log"; \
 	[ $$suite -eq 0 ] && [ $$nbval -eq 0 ]
 
+# the tests not marked slow, on the same two workers (no server, browser, PostgreSQL, notebook
+# or load run: what to run while working)
 test-fast: $(STAMP)
-	$(PY) -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -x -q -m "not slow" $(PYTEST_ARGS)
+
+# the load tests at full size: thirty students, 32 clients for 30 s, 10 and 4 switches
+# under load, 1,500 fuzzing cases, 50 students' stories (.ci/run runs it after `make test`)
+test-load: $(STAMP)
+	@$(PY) tests/support.py
+	$(LOAD_SIZES) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m load $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -76,13 +92,15 @@ class-server: $(STAMP)
 	$(BIN)/churnlab class-server $(ARGS)
 
 # Speed against `mlflow models serve`, and the workbook's wall time (needs Debian's wrk);
-# prints the tables and writes reports/bench/*.json. Not part of `make test`.
+# prints the tables and writes reports/bench/*.json. Not part of `make test`. Last, the load
+# tests at full size, one after another (no other test beside them), print their figures.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 2; }
 	$(PY) -m benchmarks.serving $(BENCH_ARGS)
 	$(PY) -m benchmarks.follow
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.batch
+	$(LOAD_SIZES) $(PY) -m pytest -m load -q -s
 
 clean:
 	rm -rf .churnlab reports/*.html reports/executed reports/bench

@@ -6,7 +6,13 @@ points at are only read).
 
 A test that starts a server, a browser, PostgreSQL, the notebooks or a load is marked
 ``slow`` (``make test-fast`` leaves those out); one that forgets fails, naming what it
-started (``support.slow_program``).
+started (``support.slow_program``). A test that needs a system program (wrk, Chromium,
+PostgreSQL, Java, ...) asks ``support.needs``; a load test is also marked ``load`` and
+runs at two sizes (``make test`` and ``make test-load``).
+
+Every bound on time says beside it why it is what it is. A ``timeout=`` on a request to a
+server on 127.0.0.1 only guards against a hang (an answer takes milliseconds), as do
+``support.COMMAND_TIMEOUT_S`` (one console-script process) and ``WORKBOOK_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -119,6 +125,11 @@ def _refuse_unmarked_servers(event: str, args: tuple) -> None:
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "load: a test whose point is load; `make test` runs it at a size that still proves "
+        "the behaviour, `make test-load` (`-m load`, the sizes in the Makefile) at full size",
+    )
     if not _RUNNING.get("hooked"):  # an audit hook stays for the life of the process
         sys.addaudithook(_refuse_unmarked_servers)
         _RUNNING["hooked"] = True

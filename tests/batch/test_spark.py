@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from support import needs
 
 from churnlab import data, schema
 from churnlab.cli import main
@@ -25,6 +26,7 @@ pytestmark = [
 def spark(monkeypatch):
     """A local Spark session on 127.0.0.1 (two cores, no UI), stopped afterwards."""
     pytest.importorskip("pyspark")
+    needs("java")  # Spark's JVM
     from pyspark.sql import SparkSession
 
     monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")

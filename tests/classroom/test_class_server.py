@@ -247,12 +247,14 @@ def test_a_login_the_admin_removed_or_changed_is_one_clear_line(klass):
         done = klass.churnlab("dave", *args, model=alice)
         assert (done.returncode, done.stdout, done.stderr) == (4, "", line("dave")), args
     # changed: a worker may accept the old password for up to auth_cache_ttl_seconds (60)
+    # the auth app may accept an old password for 60 s (its auth_cache_ttl_seconds)
     deadline = time.monotonic() + 90
     while True:
         done = klass.churnlab("erin", "status", model=alice)
         if done.returncode != 0:
             break
         assert time.monotonic() < deadline, "the old password still works after 90 s"
+        # each try is a command: every 3 s is often enough
         time.sleep(3)
     assert (done.returncode, done.stdout, done.stderr) == (4, "", line("erin"))
     for out in klass.outputs:

@@ -52,6 +52,7 @@ def test_an_auth_database_the_server_cannot_use_is_one_line(tmp_path):
             "--auth-database-uri",
             uri,
             env={k: "" for k in store.SERVER_VARIABLES},
+            # it refuses in 2-10 s; 120 s means it hangs
             timeout=120,
         )
         assert (done.returncode, done.stdout) == (code, ""), done.stderr
@@ -78,6 +79,7 @@ def test_a_server_whose_auth_app_fails_is_one_line_exit_3(tmp_path):
         with sqlite3.connect(server.layout.auth / "basic_auth.db") as db:
             db.execute("ALTER TABLE users RENAME TO users_lost")
         for args in (("status",), ("train", "--rows", "300")):
+            # it fails in 2-5 s; 120 s means it hangs
             done = cli("--model", "churn-model-frank", *args, env=env, timeout=120)
             assert (done.returncode, done.stdout) == (3, ""), done.stderr
             assert done.stderr == (

@@ -7,6 +7,10 @@ also run the smoke check. Then each tries to move the next student's production 
 must be refused, and reads back their own status and history. Reported (pytest -s, and
 reports/class-load.json): unexpected errors, refusals, each command's p50/p95, the server's
 memory, and how many histories are complete and agree with their aliases.
+
+``CHURNLAB_CLASS_SIZE`` students: ``make test`` runs a class of 6 (more students than worker
+processes, so commands still overlap on the server from every worker at once, and each
+worker plays students one after another); ``make test-load`` the thirty.
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ import class_flow
 import pytest
 from support import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("class-server")]
+pytestmark = [pytest.mark.slow, pytest.mark.load, pytest.mark.xdist_group("class-server")]
 
-STUDENTS = int(os.environ.get("CHURNLAB_CLASS_SIZE", "30"))
+STUDENTS = int(os.environ.get("CHURNLAB_CLASS_SIZE", "6"))
 #: worker processes: the class at once, as far as 2 cores can carry it
 WIDTH = int(os.environ.get("CHURNLAB_CLASS_WIDTH", "4"))
 SMOKE_EVERY = 15  # students 1 and 16 also run the smoke check (a few, among thirty)

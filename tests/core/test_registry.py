@@ -379,6 +379,7 @@ def test_two_promotions_at_the_same_time_leave_one_holder(registry, trained_home
     outputs = []
     try:
         for proc in procs:
+            # a promotion takes 2-10 s; 300 s means it hangs
             out, err = proc.communicate(timeout=300)
             outputs.append((proc.returncode, out, err))
     finally:

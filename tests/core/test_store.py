@@ -147,6 +147,7 @@ def test_cli_never_prints_secrets_for_an_unreachable_server(command, clean_copy)
     """Each case starts one CLI process against a closed port (a few seconds each)."""
     uri = f"http://alice:s3cret-in-uri@127.0.0.1:{closed_port()}"
     env = {"MLFLOW_TRACKING_URI": uri, **SECRETS}
+    # it fails in 2-5 s; 120 s means it hangs
     proc = run_cli(*command, env=env, cwd=clean_copy, timeout=120)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 3, output

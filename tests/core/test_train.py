@@ -60,6 +60,7 @@ def csv_trained(tmp_path_factory):
         [str(exe), "train", "--data", str(csv), "--seed", "7"],
         capture_output=True,
         text=True,
+        # a hang guard: the training takes 10-40 s
         timeout=600,
         cwd=cwd,
         env=cli_env(CHURNLAB_HOME=str(home)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import run_cli, running_backend
+from support import main, running_backend
 
 from churnlab import gate
 from churnlab.backend import BackendFailed
@@ -68,7 +68,7 @@ def test_passed_smoke_check_is_recorded_and_unlocks_promotion(registry):
 
 def test_failed_smoke_check_from_the_cli_is_recorded_and_blocks_promotion(registry):
     registry.stage(1, override=True, reason="smoke test")
-    done = run_cli("smoke", "--stage", "staging", "--requests", "20", "--max-p95-ms", "0.001")
+    done = main("smoke", "--stage", "staging", "--requests", "20", "--max-p95-ms", "0.001")
     assert done.returncode == 1, done.stderr
     assert "Smoke check failed: churn-model v1 (staging): latency:" in done.stdout
     assert "  fail  latency" in done.stdout and "  pass  predictions" in done.stdout
@@ -81,7 +81,7 @@ def test_failed_smoke_check_from_the_cli_is_recorded_and_blocks_promotion(regist
 def test_smoke_check_refuses_an_empty_stage(registry):
     with pytest.raises(Refused, match="churn-model has no version in staging"):
         smoke_check(registry=registry)
-    done = run_cli("smoke", "--stage", "production")
+    done = main("smoke", "--stage", "production")
     assert done.returncode == 1
     assert done.stderr.strip() == (
         "churnlab: refused: churn-model has no version in production; "
@@ -98,7 +98,7 @@ def test_smoke_check_refuses_a_version_the_stage_does_not_hold(registry):
 
 def test_smoke_check_rejects_bad_arguments(registry):
     registry.stage(1, override=True, reason="smoke test")
-    done = run_cli("smoke", "--stage", "qa")
+    done = main("smoke", "--stage", "qa")
     assert done.returncode == 2
     assert (
         done.stderr.strip() == "churnlab: stage must be one of ['staging', 'production'], got 'qa'"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import run_cli, running_backend
+from support import main, running_backend
 
 from churnlab.backend import free_port
 from churnlab.errors import Refused
@@ -39,7 +39,7 @@ def both_stages(registry):
 def test_both_backends_serve_their_aliases(both_stages):
     """`churnlab verify` on given ports: both backends at once, each checked against its alias."""
     ports = free_port(), free_port()
-    done = run_cli(
+    done = main(
         "verify",
         "--staging-port",
         str(ports[0]),
@@ -72,7 +72,7 @@ def test_a_stale_backend_is_caught(both_stages):
     """A backend started before a promotion keeps the old version: verify says so, exit 1."""
     with running_backend("production") as backend:
         both_stages.promote(2, override=True, reason="newer")
-        done = run_cli(
+        done = main(
             "verify", "--attach", "--stage", "production", "--production-port", str(backend.port)
         )
         result = verify_side_by_side(
@@ -99,7 +99,7 @@ def test_an_empty_stage_is_refused_unless_only_the_other_is_asked(registry):
     registry.stage(1, override=True, reason="verify tests")
     with pytest.raises(Refused, match="churn-model has no version in production"):
         verify_side_by_side(registry=registry)
-    done = run_cli("verify", "--staging-port", str(free_port()), "--production-port", "1")
+    done = main("verify", "--staging-port", str(free_port()), "--production-port", "1")
     assert done.returncode == 1
     assert done.stderr.startswith("churnlab: refused: churn-model has no version in production")
     assert len(done.stderr.strip().splitlines()) == 1

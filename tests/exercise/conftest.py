@@ -25,6 +25,7 @@ def untouched_handout(tmp_path_factory) -> WorkbookOutput:
     handout = folder / "handout"
     env = {k: v for k, v in os.environ.items() if k not in store.SERVER_VARIABLES}
     env["CHURNLAB_HOME"] = str(folder / "home")
+    # a hang guard: writing the handout takes 2-10 s
     made = subprocess.run(
         [CHURNLAB, "handout", str(handout)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -36,6 +37,7 @@ def untouched_handout(tmp_path_factory) -> WorkbookOutput:
         text=True,
         env=env,
         cwd=handout,
+        # a hang guard: a whole run takes 50-250 s
         timeout=900,
         stdin=subprocess.DEVNULL,
     )

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import main
 
 from churnlab import cli, grade, student, work
 
@@ -236,7 +236,7 @@ def test_files_that_are_not_reports_are_named_skipped_and_counted(class_reports,
 
 def test_no_report_at_all_exits_2_in_one_line(tmp_path):
     (tmp_path / "essay.txt").write_text("not a report")
-    done = run_cli("grade", str(tmp_path / "essay.txt"))
+    done = main("grade", str(tmp_path / "essay.txt"))
     assert done.returncode == 2
     assert done.stdout == f"skipped {tmp_path / 'essay.txt'}: " + (
         "not a churnlab workbook report (no churnlab-work/1 summary)\n"
@@ -244,7 +244,7 @@ def test_no_report_at_all_exits_2_in_one_line(tmp_path):
     assert done.stderr == (
         "churnlab: no churnlab workbook report to grade in 1 path(s) (1 file(s) skipped)\n"
     )
-    usage = run_cli("grade")
+    usage = main("grade")
     assert usage.returncode == 2 and "usage: churnlab grade" in usage.stderr
 
 

@@ -22,7 +22,7 @@ import nbformat
 import pytest
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
-from support import ROOT, UNICODE_NAME, _end_group, free_port, run_cli
+from support import ROOT, UNICODE_NAME, _end_group, free_port, main
 
 from churnlab import cli, handout, train
 from churnlab.errors import InputError, Refused
@@ -175,11 +175,11 @@ def _teacher_answers() -> list[str]:
 
 @pytest.fixture(scope="module")
 def handout_of_this_checkout(tmp_path_factory) -> tuple[Path, set[str]]:
-    """`churnlab handout` of this checkout, by the installed console script, and the files
-    the checkout had just before."""
+    """`churnlab handout` of this checkout, by the CLI's entry point in this process, and the
+    files the checkout had just before (the console script writes one: exercise/conftest.py)."""
     target = tmp_path_factory.mktemp("class") / "handout"
     expected = {p.as_posix() for p in handout.project_files(ROOT)}
-    done = run_cli("handout", str(target))
+    done = main("handout", str(target))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote the student edition to {target}: ")
     return target, expected
@@ -410,6 +410,7 @@ def _make_lab(folder: Path, tmp: Path):
 @pytest.mark.slow
 def test_make_lab_opens_the_students_notebooks(this_handout, tmp_path):
     with _make_lab(this_handout, tmp_path) as (url, token, proc):
+        # JupyterLab answers in 5-20 s; 90 s means it hangs
         deadline = time.monotonic() + 90
         listing = None
         while time.monotonic() < deadline and proc.poll() is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from support import UNICODE_NAME, run_cli
+from support import UNICODE_NAME, WORKBOOK_TIMEOUT_S, main, run_cli
 
 from churnlab import data, report, runner, student, work
 from churnlab.registry import Registry
@@ -89,7 +89,7 @@ def test_answers_are_read_by_grade_id_and_the_placeholder_is_not_an_answer(tmp_p
 
 # ---------------------------------------------------------------------------- whole runs
 def _run(folder: Path, *args: str):
-    done = run_cli("workbook", "--output", str(folder), *args, timeout=900)
+    done = run_cli("workbook", "--output", str(folder), *args, timeout=WORKBOOK_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == ""
     return done
@@ -201,7 +201,7 @@ def test_a_telco_csv_replaces_the_synthetic_data(tmp_path):
     ],
 )
 def test_a_blank_name_or_a_missing_file_is_refused_in_one_line(tmp_path, args, message):
-    done = run_cli("workbook", "--output", str(tmp_path / "reports"), *args)
+    done = main("workbook", "--output", str(tmp_path / "reports"), *args)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not (tmp_path / "reports" / "workbook.html").exists()

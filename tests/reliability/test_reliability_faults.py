@@ -13,7 +13,7 @@ import sqlite3
 import time
 
 import pytest
-from support import cli, remote_env, sqlite_server, start_cli
+from support import cli, main, remote_env, sqlite_server, start_cli
 
 from churnlab import cli as churnlab_cli
 from churnlab.registry import PRODUCTION, STAGING, Registry
@@ -142,18 +142,18 @@ def test_real_promote_killed_after_moving_the_alias_is_repaired(on_server, sourc
         "--model", reg.model_name, "promote", "2", "--override", "--reason", "x", env=env
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 60  # the promoter reaches its alias request in 2-10 s
         while time.monotonic() < deadline and proc.poll() is None:
             if "POST /api/2.0/mlflow/registered-models/alias " in on_server.logged_since(offset):
                 break
-            time.sleep(0.002)
+            time.sleep(0.002)  # (a poll's cost: the kill must land between two requests)
         on_server.freeze()  # the promoter now waits on the server ...
         proc.kill()  # ... and dies there, between moving the alias and finishing the move
-        proc.wait(timeout=30)
+        proc.wait(timeout=30)  # SIGKILL: reaped at once
     finally:
         on_server.thaw()
         proc.kill()
-        proc.communicate(timeout=30)
+        proc.communicate(timeout=30)  # SIGKILL: reaped at once
     assert reg.holder(PRODUCTION) == 2
     status = reg.status()
     if status["consistent"]:  # the kill came after the last write: nothing to repair
@@ -196,7 +196,7 @@ def test_two_processes_promoting_at_once_leave_one_holder_and_both_events(where,
         for v in ("2", "3")
     ]
     for proc in procs:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)  # it fails within FAIL_WITHIN_S; 120 s is a hang
         assert proc.returncode == 0, err
     assert_one_holder_and_both_events(reg, {"race-2", "race-3"})
 
@@ -272,11 +272,12 @@ def test_commands_against_a_hung_server_fail_fast(on_server, source):
     try:
         for args in commands(reg.model_name)[0:4:3]:  # train; promote (the same probe as the rest)
             start = time.monotonic()
+            # a hung command is what this test catches: it fails in ~5 s, 120 s is a hang
             done = cli(*args, env=env, timeout=120)
             assert_clear_failure(done, time.monotonic() - start, label(args))
     finally:
         on_server.thaw()
-    assert on_server.healthy(timeout=10)
+    assert on_server.healthy(timeout=10)  # thawed: it answers at once
 
 
 def test_server_killed_in_the_middle_of_a_command(on_server, source):
@@ -288,23 +289,23 @@ def test_server_killed_in_the_middle_of_a_command(on_server, source):
     offset = on_server.log_size()
     proc = start_cli("--model", reg.model_name, "train", "--rows", "3000", env=env)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120  # train reaches /runs/create in 2-10 s
         while time.monotonic() < deadline and proc.poll() is None:
             if "/runs/create " in on_server.logged_since(offset):
                 break
-            time.sleep(0.02)
+            time.sleep(0.02)  # (a poll's cost: the kill must land mid-train)
         assert proc.poll() is None, "train ended before the server was stopped"
         on_server.kill()
         killed = time.monotonic()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)  # it fails within FAIL_WITHIN_S; 120 s is a hang
     finally:
         proc.kill()
     done = type("Done", (), {"returncode": proc.returncode, "stdout": out, "stderr": err})
     assert_clear_failure(done, time.monotonic() - killed, "train (server killed mid-run)")
 
-    for args in commands(reg.model_name):
-        start = time.monotonic()
-        done = cli(*args, env=env, timeout=120)
+    for args in commands(reg.model_name):  # the entry point in this process: a dead server
+        start = time.monotonic()  # refuses connections, so nothing here can hang
+        done = main(*args, env=env)
         assert_clear_failure(done, time.monotonic() - start, label(args))
 
     # the interrupted train registered nothing (read the server's own sqlite store)

@@ -1,7 +1,8 @@
 """API fuzzing: requests generated from the backend's own OpenAPI schema (schemathesis).
 
 A real uvicorn process serves a staged version on 127.0.0.1. Schemathesis reads its
-``/openapi.json`` and generates over a thousand requests: schema-valid ones (which must be
+``/openapi.json`` and generates ``CHURNLAB_FUZZ_CASES`` requests (``make test`` a few
+hundred, ``make test-load`` the full 1,500): schema-valid ones (which must be
 answered 200 with a body that matches the documented response) and schema-breaking ones
 (which must be refused with a documented 4xx, never a 5xx). ``POST /predict`` and MLflow's
 scoring protocol (``POST /invocations`` in its JSON formats and CSV, ``GET /ping``,
@@ -14,6 +15,7 @@ batch limit itself is fuzzed (too-long batches are among the negative cases).
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 
@@ -23,12 +25,15 @@ from support import running_backend, staged_copy
 
 from churnlab.schema import EXAMPLE_RECORD
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("fuzz-backend")]
+pytestmark = [pytest.mark.slow, pytest.mark.load, pytest.mark.xdist_group("fuzz-backend")]
 
-POSITIVE_CASES = 620  # schema-valid requests to POST /predict
-NEGATIVE_CASES = 400  # schema-breaking requests to POST /predict
+#: the cases in all, shared out as the full run's 1,500 are: 620 schema-valid and 400
+#: schema-breaking requests to POST /predict, 300 and 200 to POST /invocations
+CASES = int(os.environ.get("CHURNLAB_FUZZ_CASES", "300"))
+POSITIVE_CASES = round(CASES * 620 / 1500)  # schema-valid requests to POST /predict
+NEGATIVE_CASES = round(CASES * 400 / 1500)  # schema-breaking requests to POST /predict
 #: the same for POST /invocations (JSON in four formats, and CSV)
-INVOCATION_CASES = {"positive": 300, "negative": 200}
+INVOCATION_CASES = {"positive": round(CASES * 300 / 1500), "negative": round(CASES * 200 / 1500)}
 MAX_RECORDS = 16
 
 
@@ -41,6 +46,7 @@ def staged_home(template_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(staged_home):
     env = {"CHURNLAB_HOME": str(staged_home), "SERVING_MAX_RECORDS": str(MAX_RECORDS)}
+    # start-up takes 5-20 s; 120 s means it hangs
     with running_backend("staging", env=env, timeout=120) as running:
         yield running
 
@@ -104,6 +110,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_no_schema_violation(ba
         )
         @given(case=strategy)
         def one(case) -> None:
+            # an answer takes milliseconds; 60 s means it hangs
             response = case.call(session=session, timeout=60)
             tally["cases"] += 1
             tally[f"{mode.value} {response.status_code}"] += 1
@@ -143,7 +150,7 @@ def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_no_schema_violation(ba
         )
     assert failures == [], "\n\n".join(failures[:3])
     assert tally["5xx"] == 0
-    assert tally["cases"] >= 1500
+    assert tally["cases"] >= CASES
     # both kinds really happened: valid batches scored, broken ones refused
     assert tally["positive 200"] >= POSITIVE_CASES // 2
     assert tally["columns: positive 200"] >= POSITIVE_CASES // 10  # both request layouts

@@ -1,19 +1,19 @@
 """Bad training files: `churnlab train --data FILE` names the problem and writes nothing.
 
 Each file is a way a real CSV goes wrong (empty, cut off, saved in another encoding or
-layout); each run is the real console script; afterwards the registry must hold no run,
-no version and no registered model.
+layout); each run is the CLI's entry point, ``churnlab.cli.main``, in this process (the
+console script's own exit codes and one-line errors: tests/core/test_cli.py, test_train.py);
+afterwards the registry must hold no run, no version and no registered model.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
-from support import run_cli
 
-from churnlab import data
+from churnlab import cli, data
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,14 @@ CASES = {
 }
 
 
+class Done(NamedTuple):
+    """What one command gave: its exit code and output (as a CompletedProcess names them)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
 def _replace_field(row: str, index: int, value: str) -> str:
     fields = row.split(",")
     fields[index] = value
@@ -106,7 +114,7 @@ def registry_contents(home: Path) -> dict[str, int]:
 
 
 def test_bad_training_files_are_refused_by_name_and_write_nothing(
-    tmp_path, good_text, isolated_home
+    tmp_path, good_text, isolated_home, capsys
 ):
     files = {}
     for name, (make, _) in CASES.items():
@@ -114,11 +122,11 @@ def test_bad_training_files_are_refused_by_name_and_write_nothing(
         path.write_bytes(make(good_text))
         files[name] = path
 
-    def train(name: str):
-        return name, run_cli("train", "--data", str(files[name]), timeout=120)
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = dict(pool.map(train, CASES))
+    results = {}
+    for name in CASES:
+        code = cli.main(["train", "--data", str(files[name])])
+        out, err = capsys.readouterr()
+        results[name] = Done(code, out, err)
 
     import re
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from support import cli, free_port, remote_env, sqlite_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workbook")]
+pytestmark = pytest.mark.slow
 
 MARKER = f"m4rker{uuid.uuid4().hex[:12]}"
 USER = "student"
@@ -82,6 +82,7 @@ def secret_env(url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.xdist_group("secrets-server")  # its own server: beside the workbook's tests
 def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_home):
     env = secret_env(server.url)
     steps = [
@@ -97,11 +98,13 @@ def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_hom
     ]
     outputs = []
     for args, codes in steps:
+        # a hang guard: a step takes 2-60 s (train, smoke)
         done = cli(*args, env=env, timeout=600)
         outputs.append(done)
         assert done.returncode in codes, (args, done.stdout, done.stderr)
     # the CLI against an unreachable server with the same credentials
     dead = {**env, "MLFLOW_TRACKING_URI": f"http://{USER}:{MARKER}@127.0.0.1:{free_port()}"}
+    # it fails in 2-5 s; 60 s means it hangs
     unreachable = cli("status", env=dead, timeout=60)
     assert unreachable.returncode == 3, unreachable.stderr
     outputs.append(unreachable)
@@ -135,6 +138,7 @@ def test_cli_flow_with_credentials_in_the_uri_leaks_nothing(server, isolated_hom
 # ---------------------------------------------------------------- the whole workbook
 
 
+@pytest.mark.xdist_group("workbook")  # the session's one workbook run, on its worker
 def test_workbook_run_with_secret_variables_leaks_nothing(tmp_path_factory, monkeypatch):
     from support import SECRET_MARKER, default_run
 

@@ -57,6 +57,7 @@ def flow(server, tmp_path_factory):
     }
     results = {}
     for name, argv in steps.items():
+        # a hang guard: a step takes 2-60 s (train)
         results[name] = subprocess.run(
             [exe, *argv], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
         )

@@ -8,15 +8,14 @@ whole CLI flow against it, then promote at the same moment.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from support import MlflowServer, cli, remote_env, start_cli
+from support import MlflowServer, main, needs, remote_env, start_cli
 
-from churnlab.postgres import Postgres, postgres_bin
+from churnlab.postgres import Postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shared-server")]
 
@@ -28,14 +27,7 @@ FAST_GATE = ("--set", "latency_samples=20")
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """PostgreSQL + `mlflow server --backend-store-uri postgresql://…` with served artifacts."""
-    if postgres_bin() is None:
-        reason = (
-            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); "
-            "install Debian's postgresql package, as .ci/run does"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI must run this test)")
-        pytest.skip(reason)
+    needs("postgresql")
     # its own folder right under /tmp: the postgres user cannot enter pytest's (0700)
     cluster = Postgres(Path(tempfile.mkdtemp(prefix="churnlab-pg-")), durable=False)
     server = None
@@ -63,7 +55,9 @@ def ok(done, *codes: int) -> str:
 
 
 def churnlab(shared, who: str, *args: str, codes: tuple[int, ...] = (0,)):
-    done = cli("--model", MODEL, *args, env=as_user(shared, who), timeout=600)
+    """``churnlab --model shared-churn ARGS`` as ``who``, through the CLI's entry point in this
+    process (the two racing promoters below are real processes)."""
+    done = main("--model", MODEL, *args, env=as_user(shared, who))
     ok(done, *codes)
     return done
 
@@ -153,6 +147,7 @@ def test_two_people_promoting_at_once_on_a_shared_server(shared):
         for who, v in (("alice", "2"), ("bob", "3"))
     ]
     for proc in procs:
+        # a promotion takes 2-10 s; 300 s means it hangs
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
         assert "Traceback" not in err

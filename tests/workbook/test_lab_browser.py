@@ -31,12 +31,11 @@ from pathlib import Path
 import nbformat
 import pytest
 import requests
-from support import CHROMIUM_ARGS, CHURNLAB, _end_group, free_port
+from support import CHROMIUM_ARGS, CHURNLAB, _end_group, free_port, needs
 
 from churnlab import store
 from churnlab.student import seed_of
 
-CHROMIUM = Path("/usr/bin/chromium")
 NAME = "Zoë Lab"
 ANSWER = (
     "On the model version itself: each snapshot is identified by its digest, so the gate "
@@ -56,17 +55,8 @@ pytestmark = pytest.mark.slow
 
 
 def chromium() -> Path:
-    """Debian's Chromium: missing, the test skips by name, or fails under CI.
-
-    (The pattern of ``tests/workbook/test_report_browser.py``, plus the CI rule; a shared
-    ``support.needs("chromium")`` can replace it.)
-    """
-    if CHROMIUM.exists():
-        return CHROMIUM
-    reason = "needs Debian's chromium: apt-get install chromium"
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"{reason} (CI=true: CI must run this test)", pytrace=False)
-    pytest.skip(reason)
+    """Debian's Chromium (missing: the test skips by name, or fails under CI)."""
+    return Path(needs("chromium"))
 
 
 # ---------------------------------------------------------------------------- the student's lab

@@ -1,6 +1,6 @@
 """The report in a real browser, offline: every section and every image renders.
 
-Debian's Chromium (/usr/bin/chromium) driven by playwright, with every request that is not
+Debian's Chromium (``support.needs("chromium")``) driven by playwright, with every request that is not
 for a file:// URL aborted and recorded: a self-contained report makes none.
 """
 
@@ -11,20 +11,13 @@ from pathlib import Path
 
 import pytest
 import support
-from support import CHROMIUM_ARGS
+from support import CHROMIUM_ARGS, needs
 
 from churnlab import runner
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = CHROMIUM_ARGS
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)"
-    ),
-    pytest.mark.xdist_group("workbook"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("workbook")]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +34,9 @@ def page_report(tmp_path_factory):
 def browser():
     from playwright.sync_api import sync_playwright
 
+    executable = needs("chromium")
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        chromium = p.chromium.launch(executable_path=executable, headless=True, args=ARGS)
         try:
             yield chromium
         finally:

@@ -20,7 +20,7 @@ import nbformat
 import pytest
 import requests
 import support
-from support import run_cli
+from support import main, run_cli
 
 from churnlab import exercises, four_eyes, report, retention, runner, store, tables, workbook
 from churnlab.errors import InputError
@@ -98,7 +98,7 @@ def test_every_notebook_declares_its_parameters_in_a_tagged_cell():
     ],
 )
 def test_user_errors_get_one_line_and_exit_2(tmp_path, args, message):
-    done = run_cli("workbook", "--output", str(tmp_path / "reports"), *args)
+    done = main("workbook", "--output", str(tmp_path / "reports"), *args)
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not (tmp_path / "reports" / "workbook.html").exists()
@@ -405,6 +405,7 @@ def test_a_notebook_never_sees_what_the_previous_one_left(tmp_path, shared):
 
 @pytest.mark.slow
 def test_a_kernel_that_does_not_start_is_one_clear_failure(tmp_path):
+    # 0.01 s: too short for any kernel to start, the failure is the subject
     with SharedKernel(tmp_path, timeout=0.01) as kernel:
         with pytest.raises(NotebookFailed, match=r"^the notebooks' kernel did not start: "):
             kernel.ready()
@@ -442,39 +443,42 @@ def _free_port() -> int:
 def test_ui_serves_the_mlflow_ui_on_loopback(trained_home):
     port = _free_port()
     exe = str(support.CHURNLAB)
+    # without MLflow's background job runner (a huey consumer per job kind, each a Python
+    # process importing MLflow): the UI's pages and API are the subject, as in MlflowServer
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     process = subprocess.Popen(
         [exe, "ui", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        env=env,
     )
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 90  # the UI answers in 5-20 s; 90 s is a hang
         answer = None
         while time.monotonic() < deadline and process.poll() is None:
             try:
                 answer = requests.get(
                     f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get",
                     params={"name": store.DEFAULT_MODEL_NAME},
-                    timeout=10,
+                    timeout=10,  # local: milliseconds when up
                 )
                 break
             except requests.RequestException:  # not listening yet, or still starting
-                time.sleep(0.5)
+                time.sleep(0.5)  # (a poll's cost, not a bound)
         assert answer is not None, "the UI did not answer"
         assert answer.status_code == 200
         assert answer.json()["registered_model"]["name"] == store.DEFAULT_MODEL_NAME
     finally:
-        import os
         import signal
 
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=20)  # it stops in ~1 s after SIGTERM
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
+            process.wait(timeout=20)  # SIGKILL: reaped at once
     first = process.stdout.read().splitlines()[0]
     assert first.startswith("MLflow UI for sqlite:///") and f"127.0.0.1:{port}" in first
 
@@ -489,7 +493,7 @@ def test_ui_points_at_the_tracking_server_when_one_is_configured():
     thread.start()
     try:
         uri = f"http://user:secret@127.0.0.1:{server.server_port}/"
-        done = run_cli("ui", env={"MLFLOW_TRACKING_URI": uri})
+        done = main("ui", env={"MLFLOW_TRACKING_URI": uri})
     finally:
         server.shutdown()
         server.server_close()
