@@ -265,6 +265,12 @@ class Registry:
                 ) from None
             raise
 
+    def _write(self, fn, *args, **kwargs):
+        """:meth:`_call` for a write, which waits for a busy server
+        (:func:`store.patient_writes`) rather than being resent and done twice."""
+        with store.patient_writes():
+            return self._call(fn, *args, **kwargs)
+
     def model(self):
         """The registered model; a clear error when nothing was trained yet."""
         from mlflow.exceptions import MlflowException
@@ -575,7 +581,7 @@ class Registry:
         who, _ = self.identity()
         with self._attempt(f"register a version of {self.model_name}"):
             try:
-                self._call(
+                self._write(
                     self.client.create_registered_model,
                     self.model_name,
                     description="Customer-churn classifier managed by churnlab.",
@@ -583,7 +589,7 @@ class Registry:
             except MlflowException as exc:
                 if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                     raise
-            mv = self._call(
+            mv = self._write(
                 self.client.create_model_version,
                 self.model_name,
                 source=source,
@@ -605,7 +611,9 @@ class Registry:
 
         experiment = store.ensure_experiment()
         with self._attempt(f"log a run to experiment {store.experiment_name()}"):
-            run = self._call(self.client.create_run, experiment, run_name=name, tags=dict(run_tags))
+            run = self._write(
+                self.client.create_run, experiment, run_name=name, tags=dict(run_tags)
+            )
             run_id = run.info.run_id
             try:
                 with tempfile.TemporaryDirectory() as tmp:
@@ -614,8 +622,8 @@ class Registry:
                         staged = Path(tmp) / (folder or "_") / file_name
                         staged.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copyfile(source, staged)
-                        self._call(self.client.log_artifact, run_id, str(staged), folder or None)
-                self._call(self.client.set_terminated, run_id)
+                        self._write(self.client.log_artifact, run_id, str(staged), folder or None)
+                self._write(self.client.set_terminated, run_id)
             except BaseException:
                 with contextlib.suppress(Exception):
                     self.client.delete_run(run_id)
@@ -630,7 +638,7 @@ class Registry:
         """Set tags on version ``number``, already read from the registry."""
         with self._attempt(f"record evidence on {self.model_name} v{number}"):
             for key, value in values.items():
-                self._call(
+                self._write(
                     self.client.set_model_version_tag, self.model_name, str(number), key, value
                 )
 
@@ -651,7 +659,7 @@ class Registry:
         evidence.update({prefix + k: str(v) for k, v in result.figures().items() if v is not None})
         self._set_tags(number, evidence)
         with self._attempt(f"record evidence on the run of {self.model_name} v{number}"):
-            self._call(self.client.log_dict, mv.run_id, result.to_dict(), f"{kind}/v{number}.json")
+            self._write(self.client.log_dict, mv.run_id, result.to_dict(), f"{kind}/v{number}.json")
         self._set_tags(number, {verdict_tag: result.verdict})
 
     # ------------------------------------------------------------------ moving
@@ -677,7 +685,7 @@ class Registry:
     def _transition(self, version: int, stage: str, archive: bool) -> None:
         with warnings.catch_warnings():  # mirroring the legacy stage is deliberate
             warnings.simplefilter("ignore", FutureWarning)
-            self._call(
+            self._write(
                 self.client.transition_model_version_stage,
                 self.model_name,
                 str(version),
@@ -720,7 +728,7 @@ class Registry:
 
     def _record(self, event: Event | Approval, prefix: str = tags.EVENT_PREFIX) -> None:
         key = f"{prefix}{time.time_ns():020d}.{uuid.uuid4().hex[:8]}"
-        self._call(
+        self._write(
             self.client.set_registered_model_tag,
             self.model_name,
             key,
@@ -765,16 +773,18 @@ class Registry:
             if before == version:
                 if self.identity()[1] == SERVER:  # a no-op still needs EDIT on the model:
                     # setting the alias again changes nothing, and a 403 refuses it
-                    self._call(
+                    self._write(
                         self.client.set_registered_model_alias, self.model_name, alias, str(version)
                     )
                 event = self._event(alias, before, version, action, reason, override)
                 return Move(event, f"{self.model_name} v{version} already holds {stage}")
             # the first write: a server that refuses it (403) leaves everything as it was
-            self._call(self.client.set_registered_model_alias, self.model_name, alias, str(version))
+            self._write(
+                self.client.set_registered_model_alias, self.model_name, alias, str(version)
+            )
             left_staging = alias == PRODUCTION and self.holder(STAGING) == version
             if left_staging:
-                self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
+                self._write(self.client.delete_registered_model_alias, self.model_name, STAGING)
             self.mirror()
             event = self._event(alias, before, version, action, reason, override, approved_by)
             self._record(event)
@@ -938,7 +948,7 @@ class Registry:
             both = self.holder(PRODUCTION)
             if both is not None and self.holder(STAGING) == both:
                 # a promotion moved production but stopped before leaving staging
-                self._call(self.client.delete_registered_model_alias, self.model_name, STAGING)
+                self._write(self.client.delete_registered_model_alias, self.model_name, STAGING)
                 self._record(self._event(STAGING, both, None, "unstage", "moved to Production"))
             self.mirror()
             events = self.history()
@@ -961,9 +971,9 @@ class Registry:
             if recorded == holder:
                 continue
             if recorded is None:
-                self._call(self.client.delete_registered_model_alias, self.model_name, alias)
+                self._write(self.client.delete_registered_model_alias, self.model_name, alias)
             else:
-                self._call(
+                self._write(
                     self.client.set_registered_model_alias, self.model_name, alias, str(recorded)
                 )
             self.mirror()

@@ -12,10 +12,12 @@ call :func:`configure`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -39,6 +41,10 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+#: How long a write waits for its answer (s) before MLflow's client resends it: resent
+#: after the reads' 5 s, a write that a busy server was still doing landed twice (a second
+#: version, a stray run, or a tag the first attempt wrote: a unique-key error).
+WRITE_TIMEOUT_S = 60
 #: The variables that point churnlab at a tracking server or log in to it: cleared by
 #: whatever must run on an embedded store only (the tests, nbval's session).
 SERVER_VARIABLES: tuple[str, ...] = (
@@ -152,6 +158,30 @@ def environment_defaults() -> None:
     quiet()
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def patient_writes(timeout: float = WRITE_TIMEOUT_S) -> Iterator[None]:
+    """Inside the block MLflow's client waits up to ``timeout`` seconds for an answer
+    (longer if ``MLFLOW_HTTP_REQUEST_TIMEOUT`` says so) before it resends a request.
+
+    For writes: a busy server is slow, not gone, and a write resent while the first attempt
+    is still being done lands twice. The one retry stays, for a connection the server
+    closed while idle (the request never reached it). Reads keep the fail-fast 5 s.
+    """
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    try:
+        waited = float(saved or 0)
+    except ValueError:
+        waited = 0.0
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(waited, timeout)))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = saved
 
 
 def configure() -> str:
