@@ -245,7 +245,10 @@ def test_no_report_at_all_exits_2_in_one_line(tmp_path):
         "churnlab: no churnlab workbook report to grade in 1 path(s) (1 file(s) skipped)\n"
     )
     usage = run_cli("grade")
-    assert usage.returncode == 2 and "usage: churnlab grade" in usage.stderr
+    assert (usage.returncode, usage.stdout) == (2, "")
+    assert usage.stderr == (
+        "churnlab: grade needs workbook reports or folders of them (PATH...), or --server\n"
+    )
 
 
 def test_csv_has_the_printed_table(class_reports, tmp_path, capsys):
@@ -274,3 +277,23 @@ def test_csv_has_the_printed_table(class_reports, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".grades")] == []
     assert cli.main(["grade", str(class_reports), "--csv", str(tmp_path / "no" / "g.csv")]) == 2
     assert "--csv: folder" in capsys.readouterr().err
+
+
+def test_a_report_whose_json_alone_was_edited_is_flagged(tmp_path):
+    """The issue's forgery: an untouched handout's report, every task set to done in its
+    JSON with copied evidence, an answer added; the visible "Your work" is left as it was."""
+    honest = work_of("kim", tasks_done=0)
+    forged = work_of("kim", answers={"q2": "An alias carries its evidence."})
+    page = page_of(honest).replace(work.embed(honest), work.embed(forged))
+    path = tmp_path / "workbook.html"
+    path.write_text(page, encoding="utf-8")
+    [g], _ = grade.grade_reports([path])
+    assert g.flags == [
+        "the visible 'Your work' disagrees with its JSON: "
+        + ", ".join(f"task{n} shows not yet, its JSON says done" for n in range(1, 5))
+        + ", q2's answer is not the one shown"
+    ]
+    assert grade.visible_flags(page_of(forged), forged) == []
+    assert grade.visible_flags(work.embed(forged), forged) == [
+        "no visible 'Your work' section beside its JSON"
+    ]
