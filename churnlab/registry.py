@@ -630,6 +630,21 @@ class Registry:
                 raise
         return run_id
 
+    def latest_run(self, experiment: str, tag: str):
+        """The newest run of ``experiment`` that carries ``tag`` (MLflow's ``Run``: a hand-in
+        is the run of a ``churnlab handin``), or None when there is no such experiment or run."""
+        found = self._call(self.client.get_experiment_by_name, experiment)
+        if found is None:
+            return None
+        runs = self._call(
+            self.client.search_runs,
+            [found.experiment_id],
+            filter_string=f"tags.`{tag}` LIKE '%'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
     def set_version_tags(self, version: str | int, values: dict[str, str]) -> None:
         """Set tags on a version, in the order given."""
         self._set_tags(int(self.version(version).version), values)

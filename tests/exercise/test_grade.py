@@ -297,3 +297,35 @@ def test_a_report_whose_json_alone_was_edited_is_flagged(tmp_path):
     assert grade.visible_flags(work.embed(forged), forged) == [
         "no visible 'Your work' section beside its JSON"
     ]
+
+
+def test_a_report_made_on_the_embedded_registry_counts_no_server_task(tmp_path):
+    """Cross-checked against a class server, a report of the embedded registry confirms
+    nothing (no server is needed to say so) and the class page shows it offline."""
+    from churnlab import class_grades, class_page, exercises, report
+
+    summary = work_of("lea")
+    summary["registry"] = "fresh embedded registry in reports/registry"
+    path = write_report(tmp_path, summary)
+    row = class_grades.grade_file(path, summary, {}, ["lea"])
+    assert (row.student, row.tasks_done, row.row()["tasks"]) == ("lea", 0, "0/4")
+    assert row.flags == [
+        "made on the fresh embedded registry in reports/registry: no task confirmed by the server"
+    ]
+    done = exercises.Verdict("task1", exercises.TASKS["task1"], True, evidence="v3 is yours")
+    missing = exercises.Verdict("task2", exercises.TASKS["task2"], False, missing="stage <it>")
+    student = class_grades.ClassRow(
+        "lea",
+        "hand-in",
+        "churn-model-lea",
+        [done, missing],
+        {"task1": True, "task2": False},
+        grade.Grade("hand-in", "lea", 0, dict.fromkeys(grade.QUESTIONS, 0), ["no hand-in"]),
+    )
+    graded = class_grades.ClassGrades("http://class:5000", "admin", "now", [student, row])
+    page = class_page.render(graded)
+    assert report.network_references(page) == []
+    assert "default-src 'none'" in page and "<script" not in page
+    assert page.count('<tr class="flagged"') == 2
+    assert '<td class="task done" data-task="task1">' in page
+    assert "stage &lt;it&gt;" in page and "Task 1: 1 of 1 done" in page
