@@ -205,3 +205,17 @@ def test_a_blank_name_or_a_missing_file_is_refused_in_one_line(tmp_path, args, m
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not (tmp_path / "reports" / "workbook.html").exists()
+
+
+def test_a_model_without_versions_is_summarized_empty():
+    """A class's model exists before its first version (class-add-students creates it): a
+    run that fails in 01 still writes its partial report."""
+    from mlflow.tracking import MlflowClient
+
+    from churnlab import store
+
+    store.configure()
+    MlflowClient().create_registered_model("churn-model-nobody-yet")
+    summary = report.registry_summary("churn-model-nobody-yet")
+    assert summary["versions"] == [] and summary["history"] == []
+    assert summary["holders"] == {"staging": None, "production": None}
