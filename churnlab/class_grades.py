@@ -84,6 +84,8 @@ class ClassRow:
     grade: grade.Grade
     hand_in: HandIn | None = None
     kind: str = ""
+    #: what the report claims done, task by task ({} without a report)
+    claimed: dict[str, bool] = field(default_factory=dict)
 
     @property
     def flags(self) -> list[str]:
@@ -224,15 +226,20 @@ def _hand_in(registry: Registry, login: str) -> tuple[HandIn | None, str | None]
     return record, page
 
 
-def _claims(summary: dict[str, Any], verdicts: Sequence[Verdict]) -> list[str]:
-    """A flag for each task the report says is done and the server says is not."""
-    claimed = {
+def claimed_done(summary: dict[str, Any]) -> dict[str, bool]:
+    """Task by task, whether the report says it is done."""
+    return {
         str(t.get("id")): t.get("done") is True
         for t in summary.get("tasks") or []
         if isinstance(t, dict)
     }
+
+
+def _claims(summary: dict[str, Any], verdicts: Sequence[Verdict]) -> list[str]:
+    """A flag for each task the report says is done and the server says is not."""
+    claimed = claimed_done(summary)
     return [
-        f"{v.id} claims done; the server: {v.missing}"
+        f"{v.id} claims done, and the server says not yet: {v.missing}"
         for v in verdicts
         if claimed.get(v.id) and not v.done
     ]
@@ -284,7 +291,8 @@ def grade_student(login: str, logins: Sequence[str] = ()) -> ClassRow:
     graded.flags += _model_flags(registry)
     kind = (hand_in.kind if hand_in else "") or str((summary or {}).get("kind") or "")
     counted = {v.id: v.done for v in verdicts}
-    return ClassRow(login, "hand-in", model, verdicts, counted, graded, hand_in, kind)
+    claimed = claimed_done(summary) if summary else {}
+    return ClassRow(login, "hand-in", model, verdicts, counted, graded, hand_in, kind, claimed)
 
 
 def _hand_in_flags(
@@ -338,10 +346,11 @@ def grade_file(
         )
         graded.flags.append(f"{why}: no task confirmed by the server")
         student = graded.student or "-"
-        return ClassRow(student, str(path), model, [], {}, graded, None, kind)
+        claimed = claimed_done(summary)
+        return ClassRow(student, str(path), model, [], {}, graded, None, kind, claimed)
     own = rows.get(owner) or grade_student(owner, logins)
     graded.flags += _claims(summary, own.verdicts)
-    claimed = {str(t.get("id")): t.get("done") is True for t in summary.get("tasks") or []}
+    claimed = claimed_done(summary)
     counted = {t: bool(own.counted.get(t) and claimed.get(t)) for t in TASKS}
     if own.hand_in is None:
         graded.flags.append(f"{owner} has handed nothing in")
@@ -351,7 +360,7 @@ def grade_file(
     if isinstance(name, str) and name != owner and name in logins:
         graded.flags.append(f"the report tells {name}'s story, another login of this class")
     graded.student = owner
-    return ClassRow(owner, str(path), model, own.verdicts, counted, graded, None, kind)
+    return ClassRow(owner, str(path), model, own.verdicts, counted, graded, None, kind, claimed)
 
 
 # ---------------------------------------------------------------------------- the class

@@ -39,6 +39,8 @@ tr.flagged td.who { border-left: 4px solid #bf8700; }
 ul.flags { margin: 0; padding-left: 18px; color: #9a6700; }
 ul.flags li { margin: 0 0 2px; }
 td.noflags { color: #57606a; }
+div.claim { font-size: 12px; color: #9a6700; font-weight: 600; margin-top: 4px; }
+tr.section td { background: #f6f8fa; font-weight: 600; color: #57606a; }
 """
 _CSP = "default-src 'none'; style-src 'unsafe-inline'"
 
@@ -59,9 +61,14 @@ def _task_cell(row: ClassRow, task: str) -> str:
         why = "the server has it done, this report does not claim it"
     else:
         why = verdict.missing
+    claim = (
+        '<div class="claim">the report claims done</div>'
+        if row.claimed.get(task) and not done
+        else ""
+    )
     return (
         f'<td class="task {css}" data-task="{_e(task)}"><details><summary>{mark}</summary>'
-        f"<p>{_e(why)}</p></details></td>"
+        f"<p>{_e(why)}</p></details>{claim}</td>"
     )
 
 
@@ -89,6 +96,18 @@ def _row(row: ClassRow) -> str:
         + flags
         + "</tr>"
     )
+
+
+def _files(grades: ClassGrades) -> str:
+    """The report files' rows, under a line of their own."""
+    files = [r for r in grades.rows if r.source != "hand-in"]
+    if not files:
+        return ""
+    heading = (
+        '<tr class="section"><td colspan="8">report files, cross-checked against the server: '
+        "only the tasks they claim and the server confirms count</td></tr>"
+    )
+    return heading + "".join(_row(r) for r in files)
 
 
 def render(grades: ClassGrades) -> str:
@@ -120,10 +139,10 @@ def render(grades: ClassGrades) -> str:
         f'<ul class="totals">{"".join(totals)}</ul>'
         f'<table id="class"><thead><tr><th>student</th><th>tasks</th>{header}'
         "<th>answered<div class='note'>words per answer</div></th><th>flags</th></tr></thead>"
-        f"<tbody>{''.join(_row(r) for r in grades.rows)}</tbody></table>"
-        '<p class="note">churnlab grade --server: the hand-in is the latest run named '
-        "hand-in in the student's experiment; a report file given too counts only the tasks "
-        "the server confirms on the model it describes.</p>"
+        f"<tbody>{''.join(_row(r) for r in students)}{_files(grades)}</tbody></table>"
+        '<p class="note">churnlab grade --server: a student\'s hand-in is the latest one in '
+        "their experiment (churnlab-USER); the report it keeps must match the digest recorded "
+        "when it was handed in.</p>"
         "</main></body></html>\n"
     )
     loads = network_references(page)
