@@ -640,8 +640,8 @@ def add_students(
 
 HEADER = f"{'user':16} {'one-time password':18} {'model':28} experiment"
 FOOTER = (
-    "each student: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password> "
-    "CHURNLAB_EXPERIMENT=churnlab-<user>; then churnlab --model churn-model-<user> ..."
+    "each student: churnlab login <this server's URL> (their user name and this password), "
+    "then make workbook; you: churnlab grade --server --html class.html (logged in as admin)"
 )
 
 
