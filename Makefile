@@ -76,6 +76,7 @@ class-server: $(STAMP)
 	$(BIN)/churnlab class-server $(ARGS)
 
 # Speed against `mlflow models serve`, and the workbook's wall time (needs Debian's wrk);
+# thirty students doing the workbook at once on one class server (needs PostgreSQL);
 # prints the tables and writes reports/bench/*.json. Not part of `make test`.
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 2; }
@@ -83,6 +84,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.follow
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.batch
+	$(PY) -m benchmarks.class
 
 clean:
 	rm -rf .churnlab reports/*.html reports/executed reports/bench
