@@ -9,7 +9,9 @@ the hand-in), all at the same time. Printed, and written to reports/bench/class.
 
 - each notebook's wall time over the class, p50 and p95 (from the runner's lines);
 - the failed requests (goal 0): the server's answers that no churnlab step expects (a 5xx,
-  a refused or conflicting write), and the workbooks that did not finish, with why;
+  a refused or conflicting write), and the workbooks a failed request ended (unreachable,
+  timed out); a workbook the exercise itself stopped (a gate its student's numbers fail) is
+  counted apart, with why;
 - the server's peak memory (all its processes, sampled twice a second) and PostgreSQL's.
 
     python -m benchmarks.class [--students 30] [--at-once N] [--keep]
@@ -127,6 +129,19 @@ def run_class(url: str, desks: dict[str, Path], at_once: int, timeout: float) ->
     running: dict[str, tuple[subprocess.Popen, Any, float]] = {}
     results: dict[str, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
+    try:
+        _run_all(desks, at_once, deadline, pending, running, results)
+    finally:  # an interrupted benchmark leaves no workbook running
+        for proc, log, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            proc.wait()
+            log.close()
+    return results
+
+
+def _run_all(desks, at_once, deadline, pending, running, results) -> None:
+    """Keep ``at_once`` workbooks running until every student has run; record each end."""
     while pending or running:
         while pending and len(running) < at_once:
             user = pending.pop(0)
@@ -162,9 +177,24 @@ def run_class(url: str, desks: dict[str, Path], at_once: int, timeout: float) ->
                 "handed_in": "handed in the replay report" in text,
                 "error": "" if proc.returncode == 0 else text.strip().splitlines()[-1][-300:],
             }
+            results[user]["cause"] = cause(results[user])
             del running[user]
         time.sleep(1)
-    return results
+
+
+#: how a workbook that the server failed ends: unreachable, timed out, a 5xx, refused
+SERVER_FAILURE = re.compile(
+    r"RegistryUnavailable|PermissionDenied|cannot reach|Max retries|timed out|HTTP 5\d\d|"
+    r"UniqueViolation|ConnectionError"
+)
+
+
+def cause(result: dict[str, Any]) -> str:
+    """Why a workbook ended: ``ok``, ``server`` (a request failed) or ``exercise`` (a rule of
+    the story stopped it: a gate the student's numbers fail, a refused move)."""
+    if result["exit"] == 0:
+        return "ok"
+    return "server" if SERVER_FAILURE.search(result["error"]) else "exercise"
 
 
 def server_answers(log: Path, offset: int) -> dict[str, Any]:
@@ -233,7 +263,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             steps.setdefault(name, []).append(seconds)
     finished = [r for r in results.values() if r["exit"] == 0]
     unexpected = sum(report["answers"]["unexpected"].values())
-    failed_runs = len(results) - len(finished)
+    failed_runs = sum(1 for r in results.values() if r["cause"] == "server")
     return {
         "steps": {
             name: {
@@ -250,6 +280,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         },
         "finished": len(finished),
         "handed_in": sum(1 for r in results.values() if r["handed_in"]),
+        "stopped_by_the_exercise": sum(1 for r in results.values() if r["cause"] == "exercise"),
         "failed_requests": unexpected + failed_runs + len(report["login_failures"]),
     }
 
@@ -277,6 +308,11 @@ def render(report: dict[str, Any]) -> str:
                     f"{figures['finished']} / "
                     f"{report['students']} (handed in {figures['handed_in']})",
                     "all",
+                ],
+                [
+                    "workbooks the exercise stopped (a gate the student's numbers fail)",
+                    figures["stopped_by_the_exercise"],
+                    "",
                 ],
                 [
                     "failed requests",
@@ -309,7 +345,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"- unexpected answer: {key} x{count}")
     for user, result in sorted(report["results"].items()):
         if result["exit"]:
-            lines.append(f"- {user}: exit {result['exit']}: {result['error']}")
+            why = "a request failed" if result["cause"] == "server" else "the story stopped"
+            lines.append(f"- {user} ({why}): exit {result['exit']}: {result['error']}")
     for failure in report["login_failures"]:
         lines.append(f"- {failure}")
     info = report["machine"]
