@@ -92,6 +92,7 @@ class-server: $(STAMP)
 	$(BIN)/churnlab class-server $(ARGS)
 
 # Speed against `mlflow models serve`, and the workbook's wall time (needs Debian's wrk);
+# thirty students doing the workbook at once on one class server (needs PostgreSQL);
 # prints the tables and writes reports/bench/*.json. Not part of `make test`. Last, the load
 # tests at full size, one after another (no other test beside them), print their figures.
 bench: $(STAMP)
@@ -100,6 +101,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.follow
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.batch
+	$(PY) -m benchmarks.class
 	$(LOAD_SIZES) $(PY) -m pytest -m load -q -s
 
 clean:

@@ -320,7 +320,7 @@ class Student:
     reviewer: str | None = None
 
 
-def _read_students(path: Path) -> list[tuple[str, str | None]]:
+def read_students(path: Path) -> list[tuple[str, str | None]]:
     """``(username, reviewer)`` per line of a CSV with a ``username`` (and optional
     ``reviewer``) column; names are lower-case letters, digits, ``.``, ``_``, ``-``."""
     if not path.is_file():
@@ -453,7 +453,7 @@ def add_students(
     """
     if approvals < 0:
         raise InputError(f"--approvals must be 0 or more, got {approvals}")
-    students = _read_students(Path(csv_path))
+    students = read_students(Path(csv_path))
     layout = Layout(Path(folder).resolve())
     url = url or os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if not url and layout.url_file.exists():
@@ -490,8 +490,8 @@ def add_students(
 
 _HEADER = f"{'user':16} {'one-time password':18} {'model':28} experiment"
 _FOOTER = (
-    "each student: export MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password> "
-    "CHURNLAB_EXPERIMENT=churnlab-<user>; then churnlab --model churn-model-<user> ..."
+    "each student: churnlab login <this server's URL> (their user name and this password), "
+    "then make workbook; you: churnlab grade --server --html class.html (logged in as admin)"
 )
 
 

@@ -38,6 +38,7 @@ class Policy:
     slice_metric: str = "roc_auc"
     slice_max_gap: float = 0.20
     slice_min_rows: int = 50
+    slice_min_class_rows: int = 20
     robustness_noise: float = 0.05
     robustness_max_drop: float = 0.02
     invariance_columns: tuple[str, ...] = ("customerID", "gender")
@@ -206,7 +207,8 @@ def check_slices(model, frame: pd.DataFrame, policy: Policy) -> Check:
             ):
                 skipped.append(f"{col}={seg}")
                 continue
-            if policy.slice_metric == "roc_auc" and min(ys.sum(), len(ys) - ys.sum()) < 10:
+            few = min(ys.sum(), len(ys) - ys.sum()) < policy.slice_min_class_rows
+            if policy.slice_metric == "roc_auc" and few:
                 skipped.append(f"{col}={seg}")
                 continue
             values[seg] = score_one(policy.slice_metric, ys, p[idx])

@@ -3,8 +3,10 @@
 Each report embeds its "Your work" summary as JSON (``churnlab-work/1``). Grading counts
 the tasks done and the questions answered, then re-derives what it can: the data digests a
 student's name gives on synthetic data (so a copied report is caught), the answers shared
-with another student, and "done" or "answered" claims that the report's own evidence
-contradicts.
+with another student, "done" or "answered" claims that the report's own evidence
+contradicts, and a visible "Your work" section that disagrees with the JSON (an edit to one
+of the two). ``churnlab grade --server`` (:mod:`churnlab.class_grades`) grades the class
+from its server instead, with these rows' flags.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ _NEWEST = re.compile(r"the newest version, v(\d+), is served by nobody")
 class Grade:
     """One student's row: what the report claims and what grading found wrong with it."""
 
-    report: Path
+    report: Path | str  # a file, or where on the server the report was handed in
     student: str | None
     tasks_done: int
     words: dict[str, int]  # question id -> words of its answer (0: not answered)
     flags: list[str] = field(default_factory=list)
     answers: dict[str, str] = field(default_factory=dict, repr=False)
+    kind: str = ""  # "replay" (churnlab workbook) or "lab" (churnlab report); "" when unsaid
 
     @property
     def answered(self) -> int:
@@ -56,12 +59,13 @@ class Grade:
             "answered": f"{self.answered}/{len(REQUIRED)}",
         }
         out.update({q: str(self.words.get(q, 0)) for q in QUESTIONS})
+        out["kind"] = self.kind or "-"
         out["report"] = str(self.report)
         out["flags"] = "; ".join(self.flags)
         return out
 
 
-COLUMNS = ("student", "tasks", "answered", *QUESTIONS, "report", "flags")
+COLUMNS = ("student", "tasks", "answered", *QUESTIONS, "kind", "report", "flags")
 
 
 # ---------------------------------------------------------------------------- reading
@@ -204,16 +208,55 @@ def grade_work(summary: dict[str, Any], report: Path) -> Grade:
     words, answers, question_flags = _question_flags(_by_id(summary.get("questions")))
     flags = (["no student name"] if name is None else []) + flags + question_flags
     flags += _data_flags(summary, name)
-    return Grade(report, name, done, words, flags, answers)
+    kind = summary.get("kind") if isinstance(summary.get("kind"), str) else ""
+    return Grade(report, name, done, words, flags, answers, kind)
 
 
-def cross_flags(grades: Sequence[Grade]) -> None:
+def visible_flags(page: str, summary: dict[str, Any]) -> list[str]:
+    """A flag when the report's visible "Your work" section (:func:`work.visible_work`)
+    disagrees with the JSON the same page embeds: a task marked differently, an answer
+    that differs, or no visible section at all (the JSON alone was written)."""
+    shown = work.visible_work(page)
+    if shown is None:
+        return ["no visible 'Your work' section beside its JSON"]
+    found = []
+    tasks = _by_id(summary.get("tasks"))
+    for task_id in TASKS:
+        claimed = (tasks.get(task_id) or {}).get("done") is True
+        seen = shown["tasks"].get(task_id)
+        if task_id in tasks and seen is None:
+            found.append(f"{task_id} is not shown")
+        elif seen is not None and seen != claimed:
+            found.append(
+                f"{task_id} shows {'done' if seen else 'not yet'}, its JSON says "
+                f"{'done' if claimed else 'not yet'}"
+            )
+    for qid, entry in _by_id(summary.get("questions")).items():
+        seen = shown["answers"].get(qid)
+        written = str(entry.get("answer") or "") if entry.get("answered") else ""
+        if seen is not None and _normal(seen) != _normal(written):
+            found.append(f"{qid}'s answer is not the one shown")
+    if not found:
+        return []
+    return ["the visible 'Your work' disagrees with its JSON: " + ", ".join(found)]
+
+
+def cross_flags(
+    grades: Sequence[Grade], owner: Callable[[Grade], str | None] | None = None
+) -> None:
     """Flag, on both sides, answers identical to another report's and names seen twice.
 
     Answers are compared non-empty, in lower case with white space collapsed, across
     questions too. Another report is named by its student, or by its file when that
-    name is not unique.
+    name is not unique. ``owner`` says whose each grade is, when that is known (a login on
+    a class server): grades of one owner, say a student's hand-in and the file they also
+    sent, are not compared with each other.
     """
+    owner = owner or (lambda g: None)
+
+    def same(a: Grade, b: Grade) -> bool:
+        return a is b or (owner(a) is not None and owner(a) == owner(b))
+
     names: dict[str, list[Grade]] = {}
     for g in grades:
         if g.student is not None:
@@ -230,13 +273,13 @@ def cross_flags(grades: Sequence[Grade]) -> None:
     for holders in seen.values():
         for g, qid in holders:
             others = [
-                label(o) + ("" if oq == qid else f" ({oq})") for o, oq in holders if o is not g
+                label(o) + ("" if oq == qid else f" ({oq})") for o, oq in holders if not same(o, g)
             ]
             if others:
                 g.flags.append(f"{qid} identical to {_some(others)}")
-    for same in names.values():
-        for g in same:
-            others = [str(o.report) for o in same if o is not g]
+    for group in names.values():
+        for g in group:
+            others = [str(o.report) for o in group if o is not g and not same(o, g)]
             if others:
                 g.flags.append(f"{g.student} also reported in {_some(others)}")
 
@@ -256,18 +299,22 @@ def grade_reports(paths: Iterable[Path]) -> tuple[list[Grade], list[tuple[Path, 
         if isinstance(found, str):
             skipped.append((path, found))
         else:
-            grades.append(grade_work(found, path))
+            graded = grade_work(found, path)
+            # read_report read it already: the file is text
+            graded.flags += visible_flags(path.read_text(encoding="utf-8"), found)
+            grades.append(graded)
     cross_flags(grades)
     return grades, skipped
 
 
-def format_table(grades: Sequence[Grade]) -> list[str]:
-    """The grades as aligned text lines, a header first (flags last, unpadded)."""
-    rows = [dict(zip(COLUMNS, COLUMNS, strict=True))] + [g.row() for g in grades]
-    padded = COLUMNS[:-1]
+def format_table(grades: Sequence[Any], columns: Sequence[str] = COLUMNS) -> list[str]:
+    """The grades (anything with a ``row()`` of ``columns``) as aligned text lines, a header
+    first (the last column, the flags, unpadded)."""
+    rows = [dict(zip(columns, columns, strict=True))] + [g.row() for g in grades]
+    padded = columns[:-1]
     widths = {c: max(len(r[c]) for r in rows) for c in padded}
     return [
-        "  ".join([*(r[c].ljust(widths[c]) for c in padded), r["flags"]]).rstrip() for r in rows
+        "  ".join([*(r[c].ljust(widths[c]) for c in padded), r[columns[-1]]]).rstrip() for r in rows
     ]
 
 
@@ -291,15 +338,17 @@ def grade_paths(paths: Sequence[Path], *, echo: Callable[[str], None] = print) -
     return grades
 
 
-def write_csv(grades: Sequence[Grade], path: Path) -> Path:
-    """Write the table as CSV (one row per report, columns as printed); return ``path``."""
+def write_csv(grades: Sequence[Any], path: Path, columns: Sequence[str] = COLUMNS) -> Path:
+    """Write the table as CSV (one row per report, ``columns`` as printed); return ``path``.
+
+    Written to a temporary file renamed at the end: never half a file."""
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"--csv: folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=COLUMNS)
+            writer = csv.DictWriter(out, fieldnames=list(columns))
             writer.writeheader()
             writer.writerows(g.row() for g in grades)
         os.replace(tmp, path)
@@ -312,11 +361,13 @@ def write_csv(grades: Sequence[Grade], path: Path) -> Path:
 __all__ = [
     "COLUMNS",
     "Grade",
+    "cross_flags",
     "find_reports",
     "format_table",
     "grade_paths",
     "grade_reports",
     "grade_work",
     "read_report",
+    "visible_flags",
     "write_csv",
 ]

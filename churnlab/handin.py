@@ -76,12 +76,12 @@ def hand_in(report: Path, *, echo: Callable[[str], None] | None = None) -> HandI
     from churnlab.registry import PRODUCTION, Registry
 
     report = Path(report)
-    store.configure()
-    if not store.is_remote():
+    if not store.is_remote():  # asked before configure(), which would create the store
         raise InputError(
             "nothing to hand in to: the registry is the embedded store on this machine; "
             "`churnlab login URL` (your class server) first, then run the workbook there"
         )
+    store.configure()
     try:
         page = report.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):

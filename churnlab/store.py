@@ -16,10 +16,12 @@ errors become churnlab's in one place, :func:`translate`, which the registry's b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,6 +45,10 @@ _HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
 }
+#: How long a write waits for its answer (s) before MLflow's client resends it: resent
+#: after the reads' 5 s, a write that a busy server was still doing landed twice (a second
+#: version, a stray run, or a tag the first attempt wrote: a unique-key error).
+WRITE_TIMEOUT_S = 60
 #: The variables that point churnlab at a tracking server or log in to it: cleared by
 #: whatever must run on an embedded store only (the tests, nbval's session).
 SERVER_VARIABLES: tuple[str, ...] = (
@@ -116,6 +122,12 @@ def model_for(user: str) -> str:
     return f"{_MODEL_PREFIX}{user}"
 
 
+def owner_of(model: str) -> str | None:
+    """The user whose own model ``model`` is (``churn-model-<user>``), or None."""
+    owner = model.removeprefix(_MODEL_PREFIX)
+    return owner if owner and owner != model else None
+
+
 def experiment_for(user: str) -> str:
     """A user's own experiment on a class server: ``churnlab-<user>``."""
     return f"{_EXPERIMENT_PREFIX}{user}"
@@ -166,6 +178,30 @@ def environment_defaults() -> None:
     quiet()
     for key, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+@contextlib.contextmanager
+def patient_writes(timeout: float = WRITE_TIMEOUT_S) -> Iterator[None]:
+    """Inside the block MLflow's client waits up to ``timeout`` seconds for an answer
+    (longer if ``MLFLOW_HTTP_REQUEST_TIMEOUT`` says so) before it resends a request.
+
+    For writes: a busy server is slow, not gone, and a write resent while the first attempt
+    is still being done lands twice. The one retry stays, for a connection the server
+    closed while idle (the request never reached it). Reads keep the fail-fast 5 s.
+    """
+    saved = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    try:
+        waited = float(saved or 0)
+    except ValueError:
+        waited = 0.0
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(waited, timeout)))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = saved
 
 
 def configure() -> str:
@@ -297,7 +333,7 @@ def http_status(exc: BaseException) -> int | None:
 _USER_GONE = re.compile(r"User with username=\S+ not found")
 
 
-def _login_gone(exc_or_text: BaseException | str) -> bool:
+def login_gone(exc_or_text: BaseException | str) -> bool:
     """True when the server says the logged-in user no longer exists (deleted by the admin)."""
     return bool(_USER_GONE.search(str(exc_or_text)))
 
@@ -335,7 +371,7 @@ def _server_failed(status: int) -> RegistryUnavailable:
 def failure(exc: BaseException) -> ChurnlabError | None:
     """The churnlab error for a login refused, a deleted login or a failing server, or None."""
     status = http_status(exc)
-    if status == 401 or _login_gone(exc):
+    if status == 401 or login_gone(exc):
         return _login_refused()
     if status is not None and status >= 500:
         return _server_failed(status)
@@ -493,7 +529,7 @@ def current_user(timeout: float = 5.0) -> dict[str, Any] | None:
         if known is not None:
             raise known from None
         return None
-    if response.status_code == 401 or _login_gone(response.text):
+    if response.status_code == 401 or login_gone(response.text):
         raise _login_refused()
     if response.status_code >= 500:
         raise _server_failed(response.status_code)

@@ -34,7 +34,7 @@ def candidates_table(registry: Registry, versions: Sequence[int]) -> pd.DataFram
                 "business_value": round(m["business_value"], 2),
             }
         )
-    return pd.DataFrame(rows).set_index("version")
+    return _indexed(rows, ["version", "estimator", "accuracy", "roc_auc", "f1", "business_value"])
 
 
 def versions_table(registry: Registry) -> pd.DataFrame:
@@ -58,7 +58,8 @@ def versions_table(registry: Registry) -> pd.DataFrame:
                 "description": evidence.description,
             }
         )
-    return pd.DataFrame(rows).set_index("version")
+    columns = ["version", "estimator", "accuracy", "roc_auc", "gate", "smoke", "holds"]
+    return _indexed(rows, [*columns, "description"])
 
 
 def data_table(registry: Registry) -> pd.DataFrame:
@@ -72,7 +73,13 @@ def data_table(registry: Registry) -> pd.DataFrame:
                 **{k: found.get(tags.data_tag(k), "-") for k in tags.DATA_KINDS},
             }
         )
-    return pd.DataFrame(rows).set_index("version")
+    return _indexed(rows, ["version", *tags.DATA_KINDS])
+
+
+def _indexed(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """The rows as a table indexed by its first column; an empty one keeps its columns (a
+    class's model exists before its first version)."""
+    return pd.DataFrame(rows, columns=columns).set_index(columns[0])
 
 
 def history_table(registry: Registry) -> pd.DataFrame:

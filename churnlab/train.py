@@ -300,8 +300,8 @@ def train_candidate(
     fitted = fit(pipeline, parts, costs)
     commit = git_commit()
     run_id = None
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    try:  # writes wait for a busy server: resent, a run or a version would land twice
+        with store.patient_writes(), tempfile.TemporaryDirectory() as tmp:
             folder = Path(snap_dir) if snap_dir else Path(tmp)
             snaps = {k: data_mod.write_snapshot(part, k, folder) for k, part in parts.items()}
             with mlflow.start_run(experiment_id=experiment_id) as run:

@@ -415,15 +415,15 @@ def to_promote(registry: Registry, version: int | None = None) -> int:
 def promote(registry: Registry, version: int, *, reason: str = "") -> Move:
     """Promote ``version`` (by override when ``reason`` is given).
 
-    Where a server checks logins and the model needs approvals nobody gave yet (a class
-    with four eyes), the walkthrough cannot wait for a reviewer: it promotes by override
-    and the recorded reason says why.
+    Where the model needs approvals nobody gave yet (a class with four eyes), a notebook
+    cannot wait for a reviewer: it promotes by override (the walkthrough's promotion, and
+    the teacher's solution of Task 3) and the recorded reason says why.
     """
     if not reason and registry.missing_approvals(version):
         needed = registry.missing_approvals(version)
         reason = (
-            f"the walkthrough's promotion: {registry.model_name} needs {needed} more "
-            f"approval(s) of v{version}, which only a reviewer's login can give"
+            f"promoted from the notebook without a reviewer: {registry.model_name} needs "
+            f"{needed} more approval(s) of v{version}, which only a reviewer's login can give"
         )
     return registry.promote(version, override=bool(reason), reason=reason)
 

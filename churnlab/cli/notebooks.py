@@ -108,10 +108,28 @@ def cmd_handout(args) -> int:
 
 
 def cmd_grade(args) -> int:
-    """``churnlab grade PATH...``: one row per student from a class's workbook reports."""
+    """``churnlab grade PATH...``: one row per student from a class's workbook reports;
+    ``--server``: one row per student of the class server, judged from the server."""
     from churnlab import grade
+    from churnlab.errors import InputError
 
-    grades = grade.grade_paths([Path(p) for p in args.paths], echo=print)
+    paths = [Path(p) for p in args.paths]
+    if args.server:
+        from churnlab import class_grades
+
+        graded = class_grades.grade_class(
+            students=Path(args.students) if args.students else None, paths=paths, echo=print
+        )
+        if args.csv:
+            print(f"wrote {class_grades.write_csv(graded, Path(args.csv))}")
+        if args.html:
+            print(f"wrote {class_grades.write_html(graded, Path(args.html))}")
+        return 0
+    if args.students or args.html:
+        raise InputError("--students and --html grade the class from its server: add --server")
+    if not paths:
+        raise InputError("grade needs workbook reports or folders of them (PATH...), or --server")
+    grades = grade.grade_paths(paths, echo=print)
     if args.csv:
         grade.write_csv(grades, Path(args.csv))
         print(f"wrote {args.csv}")
@@ -193,6 +211,16 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "grade", help="one row per student from a class's workbook reports, with flags"
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="workbook reports or folders of them")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="workbook reports or folders of them")
+    p.add_argument(
+        "--server",
+        action="store_true",
+        help="grade every student of the class server you are logged in to as its admin, "
+        "each task judged from their model there (report files given are cross-checked)",
+    )
+    p.add_argument(
+        "--students", metavar="CSV", help="with --server: only these (a `username` column)"
+    )
     p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--html", metavar="FILE", help="with --server: the class as one page")
     p.set_defaults(func=cmd_grade, offline=True)

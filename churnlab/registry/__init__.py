@@ -155,6 +155,11 @@ class Registry:
         """Download one artifact of ``run_id`` into the folder ``dst``; return its local path."""
         return self._mlflow.download(run_id, path, dst)
 
+    def latest_run(self, experiment: str, tag: str):
+        """The newest run of ``experiment`` that carries ``tag`` (MLflow's ``Run``: a hand-in
+        is the run of a ``churnlab handin``), or None when there is no such experiment or run."""
+        return self._mlflow.latest_run(experiment, tag)
+
     def model_uri(self, version: int) -> str:
         """``models:/<name>/<version>``."""
         return model_uri(self.model_name, version)

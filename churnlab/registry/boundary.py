@@ -55,21 +55,27 @@ class Boundary:
                 raise known from None
             raise
 
+    def _write(self, fn, *args, **kwargs):
+        """:meth:`_call` for a write, which waits for a busy server
+        (:func:`store.patient_writes`) rather than being resent and done twice."""
+        with store.patient_writes():
+            return self._call(fn, *args, **kwargs)
+
     # ------------------------------------------------------------------ the registered model
     def registered_model(self):
         return self._call(self.client.get_registered_model, self.model_name)
 
     def create_registered_model(self, description: str) -> None:
-        self._call(self.client.create_registered_model, self.model_name, description=description)
+        self._write(self.client.create_registered_model, self.model_name, description=description)
 
     def set_model_tag(self, key: str, value: str) -> None:
-        self._call(self.client.set_registered_model_tag, self.model_name, key, value)
+        self._write(self.client.set_registered_model_tag, self.model_name, key, value)
 
     def set_alias(self, alias: str, version: int) -> None:
-        self._call(self.client.set_registered_model_alias, self.model_name, alias, str(version))
+        self._write(self.client.set_registered_model_alias, self.model_name, alias, str(version))
 
     def delete_alias(self, alias: str) -> None:
-        self._call(self.client.delete_registered_model_alias, self.model_name, alias)
+        self._write(self.client.delete_registered_model_alias, self.model_name, alias)
 
     # ------------------------------------------------------------------ its versions
     def model_version(self, number: int):
@@ -79,16 +85,16 @@ class Boundary:
         return self._call(self.client.search_model_versions, f"name='{self.model_name}'")
 
     def create_version(self, **details: Any):
-        return self._call(self.client.create_model_version, self.model_name, **details)
+        return self._write(self.client.create_model_version, self.model_name, **details)
 
     def set_version_tag(self, number: int, key: str, value: str) -> None:
-        self._call(self.client.set_model_version_tag, self.model_name, str(number), key, value)
+        self._write(self.client.set_model_version_tag, self.model_name, str(number), key, value)
 
     def transition(self, number: int, stage: str, *, archive: bool) -> None:
         """Set the legacy stage (deprecated by MLflow: mirroring it is deliberate)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            self._call(
+            self._write(
                 self.client.transition_model_version_stage,
                 self.model_name,
                 str(number),
@@ -101,19 +107,34 @@ class Boundary:
         return self._call(self.client.get_run, run_id)
 
     def create_run(self, experiment_id: str, *, run_name: str, tags: dict[str, str]):
-        return self._call(self.client.create_run, experiment_id, run_name=run_name, tags=tags)
+        return self._write(self.client.create_run, experiment_id, run_name=run_name, tags=tags)
+
+    def latest_run(self, experiment: str, tag: str):
+        """The newest run of ``experiment`` that carries ``tag``, or None (no such
+        experiment, or no such run)."""
+        found = self._call(self.client.get_experiment_by_name, experiment)
+        if found is None:
+            return None
+        runs = self._call(
+            self.client.search_runs,
+            [found.experiment_id],
+            filter_string=f"tags.`{tag}` LIKE '%'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
     def log_batch(self, run_id: str, **entries: Any) -> None:
-        self._call(self.client.log_batch, run_id, **entries)
+        self._write(self.client.log_batch, run_id, **entries)
 
     def log_dict(self, run_id: str, document: dict[str, Any], path: str) -> None:
-        self._call(self.client.log_dict, run_id, document, path)
+        self._write(self.client.log_dict, run_id, document, path)
 
     def end_run(self, run_id: str, status: str) -> None:
-        self._call(self.client.set_terminated, run_id, status)
+        self._write(self.client.set_terminated, run_id, status)
 
     def log_artifact(self, run_id: str, path: str, folder: str | None) -> None:
-        self._call(self.client.log_artifact, run_id, path, folder)
+        self._write(self.client.log_artifact, run_id, path, folder)
 
     def delete_run(self, run_id: str) -> None:
         self._call(self.client.delete_run, run_id)

@@ -8,15 +8,14 @@ alice trains a candidate; bob gets a copy of it as his own v1; carol reviews ali
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
 import stat
 import time
-from pathlib import Path
 
 import pytest
+from leaks import files_containing, forms, registry_texts
 from support import cli, remote_env
 
 from churnlab import classroom, postgres, tags
@@ -273,44 +272,6 @@ def test_a_wrong_password_or_unknown_user_is_one_clear_line(klass):
             "MLFLOW_TRACKING_PASSWORD)\n"
         )
         assert wrong not in done.stdout + done.stderr
-
-
-def forms(user: str, password: str) -> list[bytes]:
-    """A password as text, and as it travels in a Basic auth header."""
-    return [password.encode(), base64.b64encode(f"{user}:{password}".encode())]
-
-
-def files_containing(folder: Path, needles: list[bytes], skip: tuple[Path, ...] = ()) -> list[str]:
-    hits = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not path.is_symlink() and path not in skip:
-            with contextlib.suppress(OSError):
-                raw = path.read_bytes()
-                hits += [str(path) for needle in needles if needle in raw]
-    return hits
-
-
-def registry_texts(klass) -> list[str]:
-    """Every model's and version's tags (history, approvals, evidence), every run's tags and
-    parameters and every dataset source, as the admin reads them."""
-    from mlflow.tracking import MlflowClient
-
-    user, password = classroom.admin_credentials(classroom.Layout(klass.folder))
-    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
-    creds = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
-    texts: list[str] = []
-    with remote_env(klass.url, **creds), quiet[0], quiet[1]:
-        client = MlflowClient()
-        for model in client.search_registered_models():
-            texts += [model.name, model.description or "", json.dumps(model.tags)]
-            for mv in client.search_model_versions(f"name='{model.name}'"):
-                full = client.get_model_version(mv.name, mv.version)
-                texts += [full.source or "", json.dumps(full.tags)]
-        for exp in client.search_experiments():
-            for run in client.search_runs([exp.experiment_id]):
-                texts += [json.dumps(run.data.tags), json.dumps(run.data.params)]
-                texts += [d.dataset.source for d in (run.inputs.dataset_inputs or [])]
-    return texts
 
 
 def test_no_password_is_kept_anywhere_but_the_teachers_screen(klass):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import IPython.lib.pretty
@@ -275,6 +276,24 @@ def test_slice_check_names_the_worst_segment(registry):
     assert any(col in check.detail for col in gate.Policy().slice_columns)
     strict = gate.check_slices(registry.load_model(1), frame, gate.Policy(slice_max_gap=0.0))
     assert strict.status == "fail" and strict.value == check.value
+
+
+def test_a_segment_with_too_few_of_a_class_is_not_judged(registry):
+    """roc_auc on a segment with few churners is mostly noise: below slice_min_class_rows
+    of either class the segment is named as too small to judge, and left out of the gap."""
+    frame = registry.snapshot(1, "evaluation")
+    churners = int(data.labels(frame[frame["Contract"] == "Two year"]).sum())
+    policy = gate.Policy(slice_columns=("Contract",), slice_min_rows=1)
+    judged = gate.check_slices(
+        registry.load_model(1), frame, replace(policy, slice_min_class_rows=churners)
+    )
+    left_out = gate.check_slices(
+        registry.load_model(1), frame, replace(policy, slice_min_class_rows=churners + 1)
+    )
+    assert "too small to judge" not in judged.detail
+    assert left_out.detail.endswith("too small to judge: Contract=Two year")
+    assert "Two year" not in left_out.detail.split(";")[1]
+    assert left_out.value <= judged.value
 
 
 def test_perturb_keeps_inputs_inside_the_schema(customers):

@@ -164,3 +164,22 @@ def test_cli_never_prints_secrets_for_an_unreachable_server(command, clean_copy)
         "churnlab: cannot reach the MLflow tracking server at http://***@127.0.0.1:"
     )
     assert list(clean_copy.iterdir()) == []
+
+
+def test_a_write_waits_a_minute_for_a_busy_server(monkeypatch):
+    """MLflow's client resends a request whose answer is late; a write resent while a busy
+    server is still doing it lands twice (a unique-key error on a tag, a second version).
+    Inside patient_writes a request waits a minute; outside, the 5 s default comes back."""
+    store.environment_defaults()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with store.patient_writes():
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(store.WRITE_TIMEOUT_S)
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"  # a closed idle connection
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")  # the user's own, longer
+    with store.patient_writes():
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    with store.patient_writes():
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == str(store.WRITE_TIMEOUT_S)
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ

@@ -19,7 +19,9 @@ from churnlab import cli, grade, student, work
 ROWS = 400  # small synthetic data: the digests are recomputed for each name
 
 
-def work_of(name: str | None, *, tasks_done: int = 4, answers: dict | None = None) -> dict:
+def work_of(
+    name: str | None, *, tasks_done: int = 4, answers: dict | None = None, kind: str = "replay"
+) -> dict:
     """A work summary as the workbook writes it for ``name`` on synthetic data."""
     seed = student.seed_of(name) if name else 42
     model = "churn-model"
@@ -59,6 +61,7 @@ def work_of(name: str | None, *, tasks_done: int = 4, answers: dict | None = Non
         "student": name,
         "seed": seed,
         "model_name": model,
+        "kind": kind,
         "data": {
             "source": "synthetic",
             "rows": ROWS,
@@ -98,10 +101,10 @@ BOB = {
 
 @pytest.fixture
 def class_reports(tmp_path) -> Path:
-    """alice (all done), bob (all done), carol (an untouched handout: nothing done)."""
+    """alice (all done), bob (all done, the report of his lab), carol (an untouched handout: nothing done)."""
     reports = tmp_path / "reports"
     write_report(reports / "alice", work_of("alice", answers=ALICE))
-    write_report(reports / "bob", work_of("bob", answers=BOB))
+    write_report(reports / "bob", work_of("bob", answers=BOB, kind="lab"))  # from JupyterLab
     write_report(reports / "carol", work_of("Carölina", tasks_done=0))
     return reports
 
@@ -112,17 +115,18 @@ def test_one_row_per_student(class_reports, capsys):
     assert err == ""
     lines = out.splitlines()
     assert lines[0].split() == [
-        "student", "tasks", "answered", "q1", "q2", "q3", "q4", "q5", "extension", "report", "flags"
+        "student", "tasks", "answered", "q1", "q2", "q3", "q4", "q5", "extension", "kind",
+        "report", "flags"
     ]  # fmt: skip
     rows = {line.split()[0]: line.split() for line in lines[1:4]}
-    assert rows["alice"][1:10] == ["4/4", "3/5", "11", "12", "6", "0", "0", "0"] + [
+    assert rows["alice"][1:11] == ["4/4", "3/5", "11", "12", "6", "0", "0", "0", "replay"] + [
         str(class_reports / "alice" / "workbook.html")
     ]
-    assert rows["bob"][1:10] == ["4/4", "2/5", "10", "10", "0", "0", "0", "9"] + [
+    assert rows["bob"][1:11] == ["4/4", "2/5", "10", "10", "0", "0", "0", "9", "lab"] + [
         str(class_reports / "bob" / "workbook.html")
     ]
     assert rows["Carölina"][1:3] == ["0/4", "0/5"]
-    assert all(len(r) == 10 for r in rows.values()), "no flags"
+    assert all(len(r) == 11 for r in rows.values()), "no flags"
     assert lines[4] == "graded 3 report(s), 0 flagged, 0 skipped"
     assert len(lines) == 5
 
@@ -245,7 +249,10 @@ def test_no_report_at_all_exits_2_in_one_line(tmp_path):
         "churnlab: no churnlab workbook report to grade in 1 path(s) (1 file(s) skipped)\n"
     )
     usage = main("grade")
-    assert usage.returncode == 2 and "usage: churnlab grade" in usage.stderr
+    assert (usage.returncode, usage.stdout) == (2, "")
+    assert usage.stderr == (
+        "churnlab: grade needs workbook reports or folders of them (PATH...), or --server\n"
+    )
 
 
 def test_csv_has_the_printed_table(class_reports, tmp_path, capsys):
@@ -267,6 +274,7 @@ def test_csv_has_the_printed_table(class_reports, tmp_path, capsys):
         "q4": "0",
         "q5": "0",
         "extension": "0",
+        "kind": "replay",
         "report": "",
         "flags": "",
     }
@@ -274,3 +282,55 @@ def test_csv_has_the_printed_table(class_reports, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".grades")] == []
     assert cli.main(["grade", str(class_reports), "--csv", str(tmp_path / "no" / "g.csv")]) == 2
     assert "--csv: folder" in capsys.readouterr().err
+
+
+def test_a_report_whose_json_alone_was_edited_is_flagged(tmp_path):
+    """The issue's forgery: an untouched handout's report, every task set to done in its
+    JSON with copied evidence, an answer added; the visible "Your work" is left as it was."""
+    honest = work_of("kim", tasks_done=0)
+    forged = work_of("kim", answers={"q2": "An alias carries its evidence."})
+    page = page_of(honest).replace(work.embed(honest), work.embed(forged))
+    path = tmp_path / "workbook.html"
+    path.write_text(page, encoding="utf-8")
+    [g], _ = grade.grade_reports([path])
+    assert g.flags == [
+        "the visible 'Your work' disagrees with its JSON: "
+        + ", ".join(f"task{n} shows not yet, its JSON says done" for n in range(1, 5))
+        + ", q2's answer is not the one shown"
+    ]
+    assert grade.visible_flags(page_of(forged), forged) == []
+    assert grade.visible_flags(work.embed(forged), forged) == [
+        "no visible 'Your work' section beside its JSON"
+    ]
+
+
+def test_a_report_made_on_the_embedded_registry_counts_no_server_task(tmp_path):
+    """Cross-checked against a class server, a report of the embedded registry confirms
+    nothing (no server is needed to say so) and the class page shows it offline."""
+    from churnlab import class_grades, class_page, exercises, report
+
+    summary = work_of("lea")
+    summary["registry"] = "fresh embedded registry in reports/registry"
+    path = write_report(tmp_path, summary)
+    row = class_grades.grade_file(path, summary, {}, ["lea"])
+    assert (row.student, row.tasks_done, row.row()["tasks"]) == ("lea", 0, "0/4")
+    assert row.flags == [
+        "made on the fresh embedded registry in reports/registry: no task confirmed by the server"
+    ]
+    done = exercises.Verdict("task1", exercises.TASKS["task1"], True, evidence="v3 is yours")
+    missing = exercises.Verdict("task2", exercises.TASKS["task2"], False, missing="stage <it>")
+    student = class_grades.ClassRow(
+        "lea",
+        "hand-in",
+        "churn-model-lea",
+        [done, missing],
+        {"task1": True, "task2": False},
+        grade.Grade("hand-in", "lea", 0, dict.fromkeys(grade.QUESTIONS, 0), ["no hand-in"]),
+    )
+    graded = class_grades.ClassGrades("http://class:5000", "admin", "now", [student, row])
+    page = class_page.render(graded)
+    assert report.network_references(page) == []
+    assert "default-src 'none'" in page and "<script" not in page
+    assert page.count('<tr class="flagged"') == 2
+    assert '<td class="task done" data-task="task1">' in page
+    assert "stage &lt;it&gt;" in page and "Task 1: 1 of 1 done" in page

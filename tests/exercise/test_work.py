@@ -205,3 +205,22 @@ def test_a_blank_name_or_a_missing_file_is_refused_in_one_line(tmp_path, args, m
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.count("\n") == 1 and message in done.stderr
     assert not (tmp_path / "reports" / "workbook.html").exists()
+
+
+def test_a_model_without_versions_is_tabled_empty():
+    """A class's model exists before its first version (class-add-students creates it): a
+    run that fails in 01 still writes its partial report, whose tables keep their columns."""
+    from mlflow.tracking import MlflowClient
+
+    from churnlab import store, tables
+    from churnlab.registry import Registry
+
+    store.configure()
+    MlflowClient().create_registered_model("churn-model-nobody-yet")
+    registry = Registry("churn-model-nobody-yet")
+    versions = tables.versions_table(registry)
+    assert versions.empty and versions.index.name == "version"
+    assert list(versions.columns) == [
+        "estimator", "accuracy", "roc_auc", "gate", "smoke", "holds", "description"
+    ]  # fmt: skip
+    assert tables.data_table(registry).empty and tables.history_table(registry).empty
