@@ -5,19 +5,22 @@
 * :data:`ENCODER` renders answers (msgspec: floats round-trip exactly, and 10,000
   predictions take about a millisecond);
 * :func:`scored` runs a scoring step on the event loop or on a worker thread;
-* :func:`refusal` is a refusal's answer: its JSON body with the timing header.
+* :func:`refusal` is a refusal's answer: its JSON body with the timing header;
+* :func:`direct` serves one route's POSTs without FastAPI's routing and middleware.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: Bodies up to this size (a few dozen customers) are scored on the event loop when the
 #: ONNX graph serves: scoring them costs less than handing them to a worker thread.
@@ -72,3 +75,20 @@ def refusal(status: int, content: dict[str, Any], started: float | None = None) 
     return JSONResponse(
         content, status_code=status, headers=timing(started) if started is not None else None
     )
+
+
+def direct(endpoint: Callable[[Request], Awaitable[Response]], *, debug: bool = False) -> ASGIApp:
+    """``endpoint`` (a FastAPI route's function, which takes the raw request) as an ASGI app.
+
+    The scoring routes need nothing FastAPI adds to a request (parameters, dependencies,
+    response models: they read their own bodies and render their own answers), and its
+    routing and middleware cost more than scoring one customer. An exception is answered
+    as FastAPI's outermost middleware answers it (500, ``Internal Server Error``) and
+    raised again for the server to log.
+    """
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        response = await endpoint(Request(scope, receive, send))
+        await response(scope, receive, send)
+
+    return ServerErrorMiddleware(app, debug=debug)

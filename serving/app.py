@@ -15,19 +15,23 @@ The routes: churnlab's own (:mod:`serving.api`: ``GET /health``, ``GET /metadata
 ``POST /predict``, ``POST /webhooks/mlflow``, ``GET /``, a page for people), MLflow's
 scoring protocol (:mod:`serving.invocations`: ``POST /invocations``, ``GET /ping``,
 ``GET /version``) and the OpenAPI docs at ``/docs``. No endpoint changes the registry.
+A POST to one of the two scoring routes goes straight to its function (see
+:meth:`ServingApp.__call__`); FastAPI routes every other request and documents them all.
 """
 
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from churnlab import store
 from churnlab.backend import DEFAULT_PORTS, port_free
 from churnlab.errors import ChurnlabError, InputError
-from serving import api, contract, invocations
+from serving import _http, api, contract, invocations
 from serving._http import INLINE_BODY_BYTES
 from serving.api import render
 from serving.served import Served, load, start_following
@@ -50,12 +54,28 @@ __all__ = [
 
 
 class ServingApp(FastAPI):
-    """FastAPI with a start-up that loads the served version, failing in one clear line."""
+    """FastAPI with a start-up that loads the served version, failing in one clear line,
+    and a direct way in for the scoring routes' POSTs."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        #: path -> the ASGI app a POST to it goes to (:func:`serving._http.direct`)
+        self.direct: dict[str, ASGIApp] = {}
 
     async def __call__(self, scope, receive, send) -> None:
+        """A POST to ``/predict`` or ``/invocations`` goes straight to its route's
+        function: FastAPI's routing, dependency solving and middleware would cost more
+        than scoring one customer, and those routes use none of it. Everything else,
+        those paths' other methods included, goes through FastAPI."""
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            direct = self.direct.get(scope["path"])
+            if direct is not None:
+                scope["app"] = self
+                await direct(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
     async def _lifespan(self, receive, send) -> None:
@@ -105,6 +125,10 @@ def create_app(settings: Settings | None = None, served: Served | None = None) -
     api.include(app)  # /health, /metadata, /webhooks/mlflow, /predict, the page
     invocations.include(app)  # MLflow's scoring protocol: /invocations, /ping, /version
     app.mount("/static", StaticFiles(directory=api.STATIC_DIR), name="static")
+    app.direct = {
+        "/predict": _http.direct(api.predict, debug=app.debug),
+        "/invocations": _http.direct(invocations.invocations, debug=app.debug),
+    }
     return app
 
 

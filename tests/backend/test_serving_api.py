@@ -631,6 +631,30 @@ def test_unknown_paths_and_methods_are_4xx(client):
     assert client.post("/health").status_code == 405
 
 
+@pytest.mark.parametrize("path", ["/predict", "/invocations"])
+def test_a_failure_on_the_direct_path_is_answered_as_fastapi_answers_it(client, monkeypatch, path):
+    """A POST to a scoring route skips FastAPI's stack (ServingApp.__call__); a failure
+    there still gets FastAPI's 500 and reaches the server, which logs it."""
+    from fastapi.testclient import TestClient
+
+    class Broken:
+        kind, version = "onnx", 1
+
+        def churn_probability(self, _):
+            raise RuntimeError("the scorer broke")
+
+        churn_probability_of_columns = score_columns = churn_probability
+
+    monkeypatch.setattr(client.app.state.served, "scorer", Broken())
+    body = {"records": [GOOD]} if path == "/predict" else {"inputs": [GOOD]}
+    answer = TestClient(client.app, raise_server_exceptions=False).post(path, json=body)
+    assert answer.status_code == 500
+    assert answer.content == b"Internal Server Error"
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+    with pytest.raises(RuntimeError, match="the scorer broke"):
+        TestClient(client.app).post(path, json=body)
+
+
 # ---------------------------------------------------------------------------- settings
 def test_settings_defaults_and_environment():
     default = Settings.from_env({})
