@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from churnlab import schema
 from churnlab.follow import Follower, WebhookRefused, verify_delivery
+from churnlab.scoring import decisions
 from serving import _http, contract
 from serving.models import Health, Metadata, Predictions, WebhookAnswer, refusal
 from serving.served import Served, log
@@ -129,7 +130,7 @@ def answer(served: Served, checker: contract.Contract, body: bytes | bytearray) 
     Raises :class:`pydantic.ValidationError` for a body that breaks the contract.
     """
     batch = checker.parse(body)
-    return render(served, served.scorer.score_columns(batch.columns))
+    return render(served, decisions(batch.churn_probability(served.scorer)))
 
 
 def render(served: Served, predictions: list[dict[str, Any]]) -> bytes:

@@ -368,7 +368,7 @@ def _score(scorer: Any, checker: contract.Contract, media: str, body: bytes | by
         batch = checker.decode_fast(encode(payload)) or checker.validate_python(payload)
     except ValidationError as exc:
         raise _contract_refusal(exc, naming) from None
-    churn = scorer.churn_probability_of_columns(batch.columns)
+    churn = batch.churn_probability(scorer)
     return encode({"predictions": np.column_stack((1.0 - churn, churn)).tolist()})
 
 

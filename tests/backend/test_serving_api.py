@@ -456,6 +456,25 @@ def test_columns_and_records_give_identical_answers(either):
     assert alone["churn_probability"] == pytest.approx(expected[0]["churn_probability"], abs=1e-12)
 
 
+@pytest.mark.parametrize("size", [1, 2, contract.FEW_RECORDS, contract.FEW_RECORDS + 1])
+def test_a_few_records_get_the_bytes_their_columns_get(either, size):
+    """Up to FEW_RECORDS records reach the ONNX graph from the records themselves, more
+    through their columns; either way the answer is the columns layout's, byte for byte."""
+    client, registry = either
+    frame = registry.snapshot(1, "evaluation").iloc[7 : 7 + size]
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    by_records = post(client, {"records": records})
+    by_columns = post(client, as_columns(records))
+    assert by_records.status_code == by_columns.status_code == 200
+    assert by_records.content == by_columns.content
+    rows = [{name: r[name] for name in schema.FEATURE_NAMES} for r in records]
+    split = {"columns": list(schema.FEATURE_NAMES), "data": [list(r.values()) for r in rows]}
+    mlflow_records = client.post("/invocations", json={"dataframe_records": rows})
+    mlflow_split = client.post("/invocations", json={"dataframe_split": split})
+    assert mlflow_records.status_code == mlflow_split.status_code == 200
+    assert mlflow_records.content == mlflow_split.content
+
+
 def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(either):
     """A full collection of the loaded MLflow/onnxruntime heap would stall a request."""
     import gc
