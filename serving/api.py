@@ -2,19 +2,21 @@
 
 Every handler reads ``app.state.served`` once (a following backend may swap it between
 two requests). ``/predict`` reads its raw body, decodes it with msgspec
-(:mod:`serving.contract`) and renders its answer itself; FastAPI renders the others by
-their documented models (:mod:`serving.models`).
+(:mod:`serving.contract`) and renders its answer itself; ``/health`` and ``/metadata``
+are rendered by their documented models (:mod:`serving.models`) once per change of what
+they show (a swap, a following backend's new status), not once per request.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from churnlab import schema
 from churnlab.follow import Follower, WebhookRefused, verify_delivery
@@ -34,21 +36,57 @@ PAGE_POLICY = (
 )
 
 
+class _Rendered:
+    """One answer rendered by its documented model (as FastAPI renders a response model:
+    validated, then dumped by alias without unset fields), again only when the version
+    served or what else it shows has changed."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self._adapter: TypeAdapter[Any] = TypeAdapter(model)
+        self._served: Served | None = None
+        self._shown: Any = None
+        self._body = b""
+
+    def __call__(self, served: Served, shown: Any, content: Callable[[], dict[str, Any]]) -> bytes:
+        if served is not self._served or shown != self._shown:
+            value = self._adapter.validate_python(content(), from_attributes=True)
+            self._body = self._adapter.dump_json(value, by_alias=True, exclude_unset=True)
+            self._served, self._shown = served, shown
+        return self._body
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
 # ---------------------------------------------------------------------------- reading
-def health(request: Request) -> dict[str, Any]:
+async def health(request: Request) -> Response:
     """The stage, model and version this server serves; a following backend adds the
     version its alias names and why the two differ."""
-    answer = request.app.state.served.health()
-    follower = request.app.state.follower
-    return answer if follower is None else {**answer, **follower.status()}
+    state = request.app.state
+    served: Served = state.served
+    follower: Follower | None = state.follower
+    if follower is None:
+        return _json(state.health_answer(served, None, served.health))
+    status = follower.status()
+    return _json(state.health_answer(served, status, lambda: {**served.health(), **status}))
 
 
-def metadata(request: Request) -> dict[str, Any]:
+async def metadata(request: Request) -> Response:
     """Feature schema, the version's metrics, gate and smoke results, data digests;
     a following backend adds its switches."""
-    metadata = request.app.state.served.metadata
-    follower = request.app.state.follower
-    return metadata if follower is None else {**metadata, "switches": follower.switches()}
+    state = request.app.state
+    served: Served = state.served
+    follower: Follower | None = state.follower
+    if follower is None:
+        return _json(state.metadata_answer(served, None, lambda: served.metadata))
+    return _json(
+        state.metadata_answer(
+            served,
+            follower.swaps,
+            lambda: {**served.metadata, "switches": follower.switches()},
+        )
+    )
 
 
 def page() -> Response:
@@ -181,20 +219,10 @@ def _error(
 def include(app: FastAPI) -> None:
     """Add the routes to ``app`` itself (not through a router: :func:`document` finds
     ``/predict`` among ``app.routes``), with what the OpenAPI documentation says of them."""
-    app.add_api_route(
-        "/health",
-        health,
-        tags=["serving"],
-        response_model=Health,
-        response_model_exclude_unset=True,
-    )
-    app.add_api_route(
-        "/metadata",
-        metadata,
-        tags=["serving"],
-        response_model=Metadata,
-        response_model_exclude_unset=True,
-    )
+    app.state.health_answer = _Rendered(Health)
+    app.state.metadata_answer = _Rendered(Metadata)
+    app.add_api_route("/health", health, tags=["serving"], response_model=Health)
+    app.add_api_route("/metadata", metadata, tags=["serving"], response_model=Metadata)
     app.add_api_route(
         "/webhooks/mlflow",
         mlflow_webhook,

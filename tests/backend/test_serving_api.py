@@ -296,6 +296,54 @@ def test_no_endpoint_changes_the_registry(served):
     assert state() == before
 
 
+def test_health_and_metadata_are_rendered_once_per_change(client):
+    """Not once per request: again after a swap, or when a following backend's status or
+    switches change; the same bytes as long as nothing changed."""
+    import dataclasses
+
+    state = client.app.state
+    served, renders = state.served, []
+
+    def swap():  # what a following backend does: a new Served, assigned whole
+        new = dataclasses.replace(state.served)
+        health = new.health
+        new.health = lambda: renders.append("health") or health()
+        state.served = new
+
+    class Following:  # a follower's two readings that change the answers
+        def __init__(self):
+            self.alias, self.swaps = 1, 0
+
+        def status(self):
+            return {"following": True, "alias_version": self.alias, "reason": None}
+
+        def switches(self):
+            renders.append("switches")
+            switch = {"time": "t", "from": 1, "to": 1, "trigger": "poll", "ready_s": 0.5}
+            return [switch] * self.swaps
+
+    try:
+        swap()
+        first = [client.get("/health").content for _ in range(3)]
+        assert renders == ["health"] and len(set(first)) == 1
+        swap()
+        assert client.get("/health").content == first[0] and renders == ["health"] * 2
+
+        state.follower = follower = Following()
+        renders.clear()
+        assert client.get("/health").json()["alias_version"] == 1
+        client.get("/health")
+        follower.alias = 2
+        assert client.get("/health").json()["alias_version"] == 2
+        assert renders == ["health"] * 2
+        assert [client.get("/metadata").json()["switches"] for _ in range(2)] == [[], []]
+        follower.swaps = 1
+        assert len(client.get("/metadata").json()["switches"]) == 1
+        assert renders.count("switches") == 2
+    finally:
+        state.served, state.follower = served, None
+
+
 def test_a_later_move_does_not_change_what_is_served(served):
     """The app resolved @staging at start-up; moving the alias changes nothing until restart."""
     client, registry = served
