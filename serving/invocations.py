@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -369,7 +368,7 @@ def _score(scorer: Any, checker: contract.Contract, media: str, body: bytes | by
     except ValidationError as exc:
         raise _contract_refusal(exc, naming) from None
     churn = batch.churn_probability(scorer)
-    return encode({"predictions": np.column_stack((1.0 - churn, churn)).tolist()})
+    return encode({"predictions": [[1.0 - p, p] for p in churn.tolist()]})
 
 
 def _contract_refusal(exc: ValidationError, naming: Naming) -> Refusal:

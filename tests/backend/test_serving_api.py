@@ -505,22 +505,30 @@ def test_columns_and_records_give_identical_answers(either):
 
 
 @pytest.mark.parametrize("size", [1, 2, contract.FEW_RECORDS, contract.FEW_RECORDS + 1])
-def test_a_few_records_get_the_bytes_their_columns_get(either, size):
-    """Up to FEW_RECORDS records reach the ONNX graph from the records themselves, more
-    through their columns; either way the answer is the columns layout's, byte for byte."""
+def test_a_few_customers_get_the_bytes_columns_give(either, size):
+    """Up to FEW_RECORDS customers reach the ONNX graph as records, more as columns; in
+    every layout and format the answer is the one the columns path gives, byte for byte."""
+    import msgspec
+    import numpy as np
+
+    from serving.app import render
+
     client, registry = either
+    served = client.app.state.served
     frame = registry.snapshot(1, "evaluation").iloc[7 : 7 + size]
     records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
-    by_records = post(client, {"records": records})
-    by_columns = post(client, as_columns(records))
-    assert by_records.status_code == by_columns.status_code == 200
-    assert by_records.content == by_columns.content
+    columns = contract.to_columns(records)
+    expected = render(served, served.scorer.score_columns(columns))
+    assert post(client, {"records": records}).content == expected
+    assert post(client, {"columns": columns}).content == expected
+    churn = served.scorer.churn_probability_of_columns(columns)
+    in_mlflow_shape = msgspec.json.encode(
+        {"predictions": np.column_stack((1.0 - churn, churn)).tolist()}
+    )
     rows = [{name: r[name] for name in schema.FEATURE_NAMES} for r in records]
     split = {"columns": list(schema.FEATURE_NAMES), "data": [list(r.values()) for r in rows]}
-    mlflow_records = client.post("/invocations", json={"dataframe_records": rows})
-    mlflow_split = client.post("/invocations", json={"dataframe_split": split})
-    assert mlflow_records.status_code == mlflow_split.status_code == 200
-    assert mlflow_records.content == mlflow_split.content
+    for body in ({"dataframe_records": rows}, {"dataframe_split": split}, {"inputs": rows}):
+        assert client.post("/invocations", json=body).content == in_mlflow_shape
 
 
 def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(either):
