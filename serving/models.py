@@ -1,8 +1,10 @@
 """The documented shape of every answer of churnlab's own routes (pydantic models).
 
-They are the OpenAPI schema that ``/docs`` shows and schemathesis fuzzes against; FastAPI
-validates ``/health``, ``/metadata`` and the webhook's answers with them, while
-``/predict`` renders its own (msgspec) and declares :class:`Predictions` for the docs.
+They are the OpenAPI schema that ``/docs`` shows and schemathesis fuzzes against.
+``/health`` and ``/metadata`` are rendered by them (:mod:`serving.api`, once per change);
+``/predict`` renders its own answer (msgspec) and declares :class:`Predictions` for the
+docs, as the webhook declares :class:`WebhookAnswer`. (MLflow's protocol has its models in
+:mod:`serving.invocations`.)
 """
 
 from __future__ import annotations
