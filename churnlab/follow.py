@@ -301,6 +301,7 @@ class Follower(Generic[Prepared]):
         self._reason: str | None = None
         self._failed: dict[int, str] = {}
         self._switches: list[Switch] = []
+        self._swaps = 0
         self._last_check: str | None = None
 
     # ------------------------------------------------------------------ control
@@ -386,6 +387,7 @@ class Follower(Generic[Prepared]):
             )
             with self._lock:
                 self._switches = [*self._switches, switch][-MAX_SWITCHES:]
+                self._swaps += 1
                 self._served, self._pending, self._reason = alias, None, None
             log.info(
                 "now serving v%s (was v%s; %s; ready in %.2f s)",
@@ -423,6 +425,12 @@ class Follower(Generic[Prepared]):
                 "webhooks": self.webhooks,
                 "last_check": self._last_check,
             }
+
+    @property
+    def swaps(self) -> int:
+        """How many versions have been swapped in so far: :meth:`switches` changes only
+        when this does."""
+        return self._swaps
 
     def switches(self) -> list[dict[str, Any]]:
         """Every swap so far, oldest first (time, from, to, trigger, ready_s)."""

@@ -221,12 +221,32 @@ def _fast_request_type(max_records: int) -> type:
 
 
 # ---------------------------------------------------------------------------- batches
-class _RecordColumns(Mapping[str, list[Any]]):
-    """Validated records read column by column; a column is built when first asked for."""
+_COLUMNS = frozenset(COLUMN_NAMES)
+#: A batch this small is scored from its records: the graph's arrays are quicker to build
+#: from a few records than from columns (for one customer, ~30 µs less from record
+#: objects, ~15 µs from columns); larger batches are quicker as columns.
+FEW_RECORDS = 16
 
-    def __init__(self, records: Sequence[Any], read: Any) -> None:
-        self._records, self._read = records, read
+
+class _RecordColumns(Mapping[str, list[Any]]):
+    """Validated records read column by column; a column is built when first asked for.
+
+    ``read(name)`` reads one field of a record; ``as_dict`` turns a record into a dict
+    (``None``: the records are dicts already).
+    """
+
+    def __init__(self, records: Sequence[Any], read: Any, as_dict: Any = None) -> None:
+        self._records, self._read, self._as_dict = records, read, as_dict
         self._built: dict[str, list[Any]] = {}
+
+    def __contains__(self, name: object) -> bool:
+        return name in _COLUMNS
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records as dicts keyed by column name."""
+        if self._as_dict is None:
+            return list(self._records)
+        return list(map(self._as_dict, self._records))
 
     def __getitem__(self, name: str) -> list[Any]:
         column = self._built.get(name)
@@ -259,6 +279,26 @@ class Batch:
     size: int
     columns: Mapping[str, Sequence[Any]]
 
+    def records(self) -> list[dict[str, Any]]:
+        """The customers as records (dicts keyed by column name), in order."""
+        if isinstance(self.columns, _RecordColumns):
+            return self.columns.records()
+        names = list(self.columns)
+        return [
+            dict(zip(names, row, strict=True)) for row in zip(*self.columns.values(), strict=True)
+        ]
+
+    def churn_probability(self, scorer: Any) -> Any:
+        """Each customer's churn probability by ``scorer`` (a :class:`churnlab.scoring.Scorer`).
+
+        A few customers scored by the ONNX graph go to it as records (see
+        :data:`FEW_RECORDS`), larger batches as columns. Both reach the graph as the same
+        two arrays, so the probabilities are the same.
+        """
+        if self.size <= FEW_RECORDS and getattr(scorer, "kind", "") == "onnx":
+            return scorer.churn_probability(self.records())
+        return scorer.churn_probability_of_columns(self.columns)
+
 
 @dataclass(frozen=True)
 class Contract:
@@ -288,7 +328,8 @@ class Contract:
             return None
         records, columns = request.records, request.columns
         if columns is msgspec.UNSET and records is not msgspec.UNSET:
-            return Batch("records", len(records), _RecordColumns(records, attrgetter))
+            read = _RecordColumns(records, attrgetter, msgspec.structs.asdict)
+            return Batch("records", len(records), read)
         if records is not msgspec.UNSET or columns is msgspec.UNSET:
             return None  # both or neither: pydantic says so
         values = {name: getattr(columns, name) for name in schema.FEATURE_NAMES}

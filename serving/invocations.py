@@ -10,22 +10,19 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
-import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
 from churnlab import schema
-from serving import contract
+from serving import _http, contract
 
 #: The four JSON request formats of MLflow's scoring server (exactly one per request).
 FORMATS: tuple[str, ...] = ("dataframe_split", "dataframe_records", "inputs", "instances")
 #: MLflow's key for inference parameters; accepted and ignored (the model takes none).
 PARAMS = "params"
 JSON, CSV = "application/json", "text/csv"
-#: As for ``/predict``: small bodies scored by the ONNX graph stay on the event loop.
-INLINE_BODY_BYTES = 16 * 1024
 #: What a body that names no format, or several, is told.
 FORMAT_PROBLEM = (
     "the body must be a JSON object with exactly one of dataframe_split, dataframe_records, "
@@ -78,11 +75,7 @@ def _refused(exc: Refusal, started: float) -> JSONResponse:
     body: dict[str, Any] = {"error_code": ERROR_CODE, "message": exc.message}
     if exc.errors is not None:
         body["errors"] = exc.errors
-    return JSONResponse(body, status_code=exc.status, headers=_timing(started))
-
-
-def _timing(started: float) -> dict[str, str]:
-    return {"Server-Timing": f"app;dur={(time.perf_counter() - started) * 1000:.3f}"}
+    return _http.refusal(exc.status, body, started)
 
 
 def _documented(description: str) -> dict[str, Any]:
@@ -108,21 +101,21 @@ async def invocations(request: Request) -> Response:
     JSON: ``dataframe_split``, ``dataframe_records``, ``inputs`` or ``instances`` (records,
     or one list per column); or a CSV body (``text/csv``) with a header row.
     """
-    from starlette.concurrency import run_in_threadpool
-
     started = time.perf_counter()
     served = request.app.state.served  # read once: a following backend may swap it
     checker: contract.Contract = request.app.state.contract
     try:
         media = _media_type(request.headers.get("content-type"))
-        body = await _read(request, checker.max_body_bytes)
-        if len(body) <= INLINE_BODY_BYTES and getattr(served.scorer, "kind", "") == "onnx":
-            content = _score(served.scorer, checker, media, body)
-        else:
-            content = await run_in_threadpool(_score, served.scorer, checker, media, body)
+        try:
+            body = await _http.read_body(request, checker.max_body_bytes)
+        except _http.TooLarge as exc:
+            raise Refusal(413, str(exc)) from None
+        content = await _http.scored(
+            served.scorer, body, _score, served.scorer, checker, media, body
+        )
     except Refusal as exc:
         return _refused(exc, started)
-    headers = {**_timing(started), "X-Model-Version": str(served.version)}
+    headers = {**_http.timing(started), "X-Model-Version": str(served.version)}
     return Response(content, media_type=JSON, headers=headers)
 
 
@@ -190,19 +183,6 @@ def _media_type(value: str | None) -> str:
     return media
 
 
-async def _read(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > limit:
-        message = f"the request body is {int(declared)} bytes; the limit is {limit} bytes"
-        raise Refusal(413, message)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise Refusal(413, f"the request body exceeds the limit of {limit} bytes")
-    return bytes(body)
-
-
 #: Names a contract problem's field (``records[3].Contract``) as the request sent it;
 #: called with the field and the problem's type.
 Naming = Callable[[str, str], str]
@@ -252,7 +232,7 @@ def _table_naming(rows: str, header: str) -> Naming:
     return name
 
 
-def _payload(media: str, body: bytes) -> tuple[dict[str, Any], Naming]:
+def _payload(media: str, body: bytes | bytearray) -> tuple[dict[str, Any], Naming]:
     """The body as a ``/predict`` request (records or columns) and how to name its fields."""
     if media == CSV:
         return _from_csv(body)
@@ -339,7 +319,7 @@ def _columns(names: list[str], rows: list[list[Any]]) -> dict[str, Any]:
 _KINDS = {f.name: f.kind for f in schema.FEATURES}
 
 
-def _from_csv(body: bytes) -> tuple[dict[str, Any], Naming]:
+def _from_csv(body: bytes | bytearray) -> tuple[dict[str, Any], Naming]:
     """A CSV with a header row as columns. CSV has no types: a numeric feature's text is
     read as a number when it is one, an empty cell as null; the contract judges the rest."""
     try:
@@ -379,18 +359,16 @@ def _cell(text: str, kind: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- scoring
-_ENCODER = msgspec.json.Encoder()
-
-
-def _score(scorer: Any, checker: contract.Contract, media: str, body: bytes) -> bytes:
+def _score(scorer: Any, checker: contract.Contract, media: str, body: bytes | bytearray) -> bytes:
     """The answer to a request: convert, validate with the contract, score, render."""
     payload, naming = _payload(media, body)
+    encode = _http.ENCODER.encode
     try:
-        batch = checker.decode_fast(_ENCODER.encode(payload)) or checker.validate_python(payload)
+        batch = checker.decode_fast(encode(payload)) or checker.validate_python(payload)
     except ValidationError as exc:
         raise _contract_refusal(exc, naming) from None
-    churn = scorer.churn_probability_of_columns(batch.columns)
-    return _ENCODER.encode({"predictions": np.column_stack((1.0 - churn, churn)).tolist()})
+    churn = batch.churn_probability(scorer)
+    return encode({"predictions": [[1.0 - p, p] for p in churn.tolist()]})
 
 
 def _contract_refusal(exc: ValidationError, naming: Naming) -> Refusal:

@@ -296,6 +296,54 @@ def test_no_endpoint_changes_the_registry(served):
     assert state() == before
 
 
+def test_health_and_metadata_are_rendered_once_per_change(client):
+    """Not once per request: again after a swap, or when a following backend's status or
+    switches change; the same bytes as long as nothing changed."""
+    import dataclasses
+
+    state = client.app.state
+    served, renders = state.served, []
+
+    def swap():  # what a following backend does: a new Served, assigned whole
+        new = dataclasses.replace(state.served)
+        health = new.health
+        new.health = lambda: renders.append("health") or health()
+        state.served = new
+
+    class Following:  # a follower's two readings that change the answers
+        def __init__(self):
+            self.alias, self.swaps = 1, 0
+
+        def status(self):
+            return {"following": True, "alias_version": self.alias, "reason": None}
+
+        def switches(self):
+            renders.append("switches")
+            switch = {"time": "t", "from": 1, "to": 1, "trigger": "poll", "ready_s": 0.5}
+            return [switch] * self.swaps
+
+    try:
+        swap()
+        first = [client.get("/health").content for _ in range(3)]
+        assert renders == ["health"] and len(set(first)) == 1
+        swap()
+        assert client.get("/health").content == first[0] and renders == ["health"] * 2
+
+        state.follower = follower = Following()
+        renders.clear()
+        assert client.get("/health").json()["alias_version"] == 1
+        client.get("/health")
+        follower.alias = 2
+        assert client.get("/health").json()["alias_version"] == 2
+        assert renders == ["health"] * 2
+        assert [client.get("/metadata").json()["switches"] for _ in range(2)] == [[], []]
+        follower.swaps = 1
+        assert len(client.get("/metadata").json()["switches"]) == 1
+        assert renders.count("switches") == 2
+    finally:
+        state.served, state.follower = served, None
+
+
 def test_a_later_move_does_not_change_what_is_served(served):
     """The app resolved @staging at start-up; moving the alias changes nothing until restart."""
     client, registry = served
@@ -454,6 +502,33 @@ def test_columns_and_records_give_identical_answers(either):
     alone = post(client, as_columns(records[:1])).json()["predictions"][0]
     assert alone["churn"] == expected[0]["churn"]
     assert alone["churn_probability"] == pytest.approx(expected[0]["churn_probability"], abs=1e-12)
+
+
+@pytest.mark.parametrize("size", [1, 2, contract.FEW_RECORDS, contract.FEW_RECORDS + 1])
+def test_a_few_customers_get_the_bytes_columns_give(either, size):
+    """Up to FEW_RECORDS customers reach the ONNX graph as records, more as columns; in
+    every layout and format the answer is the one the columns path gives, byte for byte."""
+    import msgspec
+    import numpy as np
+
+    from serving.app import render
+
+    client, registry = either
+    served = client.app.state.served
+    frame = registry.snapshot(1, "evaluation").iloc[7 : 7 + size]
+    records = frame[[schema.ID_COLUMN, *schema.FEATURE_NAMES]].to_dict(orient="records")
+    columns = contract.to_columns(records)
+    expected = render(served, served.scorer.score_columns(columns))
+    assert post(client, {"records": records}).content == expected
+    assert post(client, {"columns": columns}).content == expected
+    churn = served.scorer.churn_probability_of_columns(columns)
+    in_mlflow_shape = msgspec.json.encode(
+        {"predictions": np.column_stack((1.0 - churn, churn)).tolist()}
+    )
+    rows = [{name: r[name] for name in schema.FEATURE_NAMES} for r in records]
+    split = {"columns": list(schema.FEATURE_NAMES), "data": [list(r.values()) for r in rows]}
+    for body in ({"dataframe_records": rows}, {"dataframe_split": split}, {"inputs": rows}):
+        assert client.post("/invocations", json=body).content == in_mlflow_shape
 
 
 def test_the_start_up_heap_is_frozen_out_of_the_garbage_collector(either):
@@ -631,6 +706,30 @@ def test_unknown_paths_and_methods_are_4xx(client):
     assert client.post("/health").status_code == 405
 
 
+@pytest.mark.parametrize("path", ["/predict", "/invocations"])
+def test_a_failure_on_the_direct_path_is_answered_as_fastapi_answers_it(client, monkeypatch, path):
+    """A POST to a scoring route skips FastAPI's stack (ServingApp.__call__); a failure
+    there still gets FastAPI's 500 and reaches the server, which logs it."""
+    from fastapi.testclient import TestClient
+
+    class Broken:
+        kind, version = "onnx", 1
+
+        def churn_probability(self, _):
+            raise RuntimeError("the scorer broke")
+
+        churn_probability_of_columns = score_columns = churn_probability
+
+    monkeypatch.setattr(client.app.state.served, "scorer", Broken())
+    body = {"records": [GOOD]} if path == "/predict" else {"inputs": [GOOD]}
+    answer = TestClient(client.app, raise_server_exceptions=False).post(path, json=body)
+    assert answer.status_code == 500
+    assert answer.content == b"Internal Server Error"
+    assert answer.headers["content-type"] == "text/plain; charset=utf-8"
+    with pytest.raises(RuntimeError, match="the scorer broke"):
+        TestClient(client.app).post(path, json=body)
+
+
 # ---------------------------------------------------------------------------- settings
 def test_settings_defaults_and_environment():
     default = Settings.from_env({})
@@ -649,6 +748,10 @@ def test_settings_defaults_and_environment():
         7,
         1024,
     )
+    # a churnlab run names its model in CHURNLAB_MODEL; MODEL_NAME, the app's own, wins
+    assert Settings.from_env({"CHURNLAB_MODEL": "churn-model-ana"}).model_name == "churn-model-ana"
+    both = {"CHURNLAB_MODEL": "churn-model-ana", "MODEL_NAME": "other"}
+    assert Settings.from_env(both).model_name == "other"
 
 
 @pytest.mark.parametrize(
@@ -665,12 +768,12 @@ def test_bad_settings_are_named(env, says):
 
 
 def test_every_variable_the_app_reads_is_declared():
-    """ENV_VARIABLES is the one list: each variable read in app.py or store.py is in it."""
+    """ENV_VARIABLES is the one list: each variable read in serving or store.py is in it."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     reads = set()
-    for path in (root / "serving" / "app.py", root / "churnlab" / "store.py"):
+    for path in (*sorted((root / "serving").glob("*.py")), root / "churnlab" / "store.py"):
         text = path.read_text()
         reads |= set(re.findall(r"""(?:environ|env)\.get\(\s*["']([A-Z_]+)["']""", text))
         reads |= set(re.findall(r"""_whole\(env,\s*["']([A-Z_]+)["']""", text))
