@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from churnlab import store
@@ -40,7 +41,10 @@ def cmd_ui(args) -> int:
         "--workers",
         "1",
     ]
-    process = subprocess.Popen(command)
+    # MLflow's background job runner (a huey consumer per job kind, each a Python process
+    # importing MLflow) serves none of the UI's pages: off unless the user turns it on
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    process = subprocess.Popen(command, env=env)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -779,6 +779,7 @@ def test_every_variable_the_app_reads_is_declared():
         reads |= set(re.findall(r"""_whole\(env,\s*["']([A-Z_]+)["']""", text))
     reads -= {"MLFLOW_REGISTRY_URI"}  # never set by churnlab; MLflow's own default
     reads -= {"CHURNLAB_EXPERIMENT"}  # where training logs its runs; a server logs none
+    reads -= {"MLFLOW_HTTP_REQUEST_TIMEOUT"}  # how long a write waits; a backend only reads
     assert {"MODEL_NAME", "MODEL_STAGE", "MLFLOW_TRACKING_URI", "CHURNLAB_HOME"} <= reads
     assert reads <= ENV_VARIABLES
 

@@ -443,9 +443,9 @@ def _free_port() -> int:
 def test_ui_serves_the_mlflow_ui_on_loopback(trained_home):
     port = _free_port()
     exe = str(support.CHURNLAB)
-    # without MLflow's background job runner (a huey consumer per job kind, each a Python
-    # process importing MLflow): the UI's pages and API are the subject, as in MlflowServer
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # churnlab ui turns MLflow's background job runner off (a huey consumer per job kind,
+    # each a Python process importing MLflow): the UI's pages and API are the subject
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"}
     process = subprocess.Popen(
         [exe, "ui", "--port", str(port)],
         stdout=subprocess.PIPE,
