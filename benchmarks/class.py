@@ -37,7 +37,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BIN, ROOT, machine, machine_line, percentile, table, write_json
+from benchmarks.common import (
+    BIN,
+    ROOT,
+    machine,
+    machine_line,
+    percentile,
+    process_tree,
+    table,
+    write_json,
+)
 from churnlab import classroom, postgres, store
 from churnlab.backend import free_port, memory_kb
 
@@ -230,19 +239,19 @@ def measure(students: int, at_once: int, timeout: float, keep: bool) -> dict[str
         passwords = {s.username: s.password for s in added}
         desks = {user: folder / "desks" / user for user in names}
         report["login_failures"] = log_in(server.url, desks, passwords)
-        idle = server.rss_mb()
-        mlflow = Sampler(server.pids)
-        postgres = Sampler(lambda: postgres_pids(server.layout.folder))
-        mlflow.start()
-        postgres.start()
+        idle = sum(memory_kb(pid) or 0 for pid in process_tree(server.proc)) / 1024
+        server_memory = Sampler(lambda: process_tree(server.proc))
+        cluster_memory = Sampler(lambda: postgres_pids(server.layout.folder))
+        server_memory.start()
+        cluster_memory.start()
         offset = server.layout.log.stat().st_size
         start = time.monotonic()
         results = run_class(server.url, desks, at_once, timeout)
         report["wall_s"] = round(time.monotonic() - start, 1)
-        mlflow.done.set()
-        postgres.done.set()
-        report["server_mb"] = {"idle": round(idle, 1), "peak": round(mlflow.peak, 1)}
-        report["postgres_peak_mb"] = round(postgres.peak, 1)
+        server_memory.done.set()
+        cluster_memory.done.set()
+        report["server_mb"] = {"idle": round(idle, 1), "peak": round(server_memory.peak, 1)}
+        report["postgres_peak_mb"] = round(cluster_memory.peak, 1)
         report["answers"] = server_answers(server.layout.log, offset)
         report["results"] = results
     finally:

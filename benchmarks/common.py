@@ -93,12 +93,7 @@ class Server:
 
     def pids(self) -> list[int]:
         """The process and all its descendants."""
-        import psutil
-
-        if not self.alive():
-            return []
-        root = psutil.Process(self.process.pid)
-        return [root.pid, *(p.pid for p in root.children(recursive=True))]
+        return process_tree(self.process) if self.alive() else []
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the tree so far (children that exited included)."""
@@ -147,6 +142,19 @@ class Server:
 
 
 @contextlib.contextmanager
+def process_tree(process: subprocess.Popen | None) -> list[int]:
+    """A running process's pid and all its descendants' ([] once it has ended)."""
+    import psutil
+
+    if process is None or process.poll() is not None:
+        return []
+    try:
+        root = psutil.Process(process.pid)
+        return [root.pid, *(p.pid for p in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def running(servers: Sequence[Server]) -> Iterator[None]:
     """Stop every server on the way out, whatever happened."""
     try:
