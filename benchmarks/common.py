@@ -141,7 +141,6 @@ class Server:
         return ""
 
 
-@contextlib.contextmanager
 def process_tree(process: subprocess.Popen | None) -> list[int]:
     """A running process's pid and all its descendants' ([] once it has ended)."""
     import psutil
@@ -155,6 +154,7 @@ def process_tree(process: subprocess.Popen | None) -> list[int]:
         return []
 
 
+@contextlib.contextmanager
 def running(servers: Sequence[Server]) -> Iterator[None]:
     """Stop every server on the way out, whatever happened."""
     try:
