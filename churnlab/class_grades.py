@@ -83,7 +83,6 @@ class ClassRow:
     counted: dict[str, bool]
     grade: grade.Grade
     hand_in: HandIn | None = None
-    kind: str = ""
     #: what the report claims done, task by task ({} without a report)
     claimed: dict[str, bool] = field(default_factory=dict)
 
@@ -105,7 +104,7 @@ class ClassRow:
         out.update({t: "done" if self.counted.get(t) else "not yet" for t in TASKS})
         out["answered"] = f"{self.grade.answered}/{len(grade.REQUIRED)}"
         out.update({q: str(self.grade.words.get(q, 0)) for q in QUESTIONS})
-        out["kind"] = self.kind or "-"
+        out["kind"] = self.grade.kind or "-"
         out["handed in"] = self.hand_in.time if self.hand_in else "-"
         out["report"] = self.source
         out["flags"] = "; ".join(self.flags)
@@ -289,10 +288,11 @@ def grade_student(login: str, logins: Sequence[str] = ()) -> ClassRow:
         graded.flags += _hand_in_flags(login, model, hand_in, summary, logins)
     graded.student = login  # the row is the login's, whatever name the report carries
     graded.flags += _model_flags(registry)
-    kind = (hand_in.kind if hand_in else "") or str((summary or {}).get("kind") or "")
+    if hand_in is not None and hand_in.kind:  # the hand-in's tag, else the report's own
+        graded.kind = hand_in.kind
     counted = {v.id: v.done for v in verdicts}
     claimed = claimed_done(summary) if summary else {}
-    return ClassRow(login, "hand-in", model, verdicts, counted, graded, hand_in, kind, claimed)
+    return ClassRow(login, "hand-in", model, verdicts, counted, graded, hand_in, claimed)
 
 
 def _hand_in_flags(
@@ -336,7 +336,6 @@ def grade_file(
     model = str(summary.get("model_name") or "")
     owner = store.owner_of(model)
     owner = owner if owner in logins else None
-    kind = str(summary.get("kind") or "")
     if owner is None or not _on_a_server(summary):
         where = summary.get("registry") or "an unnamed registry"
         why = (
@@ -347,7 +346,7 @@ def grade_file(
         graded.flags.append(f"{why}: no task confirmed by the server")
         student = graded.student or "-"
         claimed = claimed_done(summary)
-        return ClassRow(student, str(path), model, [], {}, graded, None, kind, claimed)
+        return ClassRow(student, str(path), model, [], {}, graded, None, claimed)
     own = rows.get(owner) or grade_student(owner, logins)
     graded.flags += _claims(summary, own.verdicts)
     claimed = claimed_done(summary)
@@ -360,7 +359,7 @@ def grade_file(
     if isinstance(name, str) and name != owner and name in logins:
         graded.flags.append(f"the report tells {name}'s story, another login of this class")
     graded.student = owner
-    return ClassRow(owner, str(path), model, own.verdicts, counted, graded, None, kind, claimed)
+    return ClassRow(owner, str(path), model, own.verdicts, counted, graded, None, claimed)
 
 
 # ---------------------------------------------------------------------------- the class
