@@ -5,6 +5,7 @@
 * :data:`ENCODER` renders answers (msgspec: floats round-trip exactly, and 10,000
   predictions take about a millisecond);
 * :func:`scored` runs a scoring step on the event loop or on a worker thread;
+* :class:`Answer` is a scoring route's ``200`` answer, its headers put together once;
 * :func:`refusal` is a refusal's answer: its JSON body with the timing header;
 * :func:`direct` serves one route's POSTs without FastAPI's routing and middleware.
 """
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -48,11 +49,16 @@ async def read_body(request: Request, limit: int, *, declared: bool = True) -> b
         if length.isdigit() and int(length) > limit:
             raise TooLarge(f"the request body is {int(length)} bytes; the limit is {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    receive = request.receive  # the ASGI messages themselves: request.stream() is an async
+    while True:  # generator, and setting one up costs more than reading a one-customer body
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
         if len(body) > limit:
             raise TooLarge(f"the request body exceeds the limit of {limit} bytes")
-    return body
+        if not message.get("more_body", False):
+            return body
 
 
 def timing(started: float) -> dict[str, str]:
@@ -68,6 +74,26 @@ async def scored(
     if len(body) <= INLINE_BODY_BYTES and getattr(scorer, "kind", "") == "onnx":
         return work(*args)
     return await run_in_threadpool(work, *args)
+
+
+class Answer(Response):
+    """A ``200`` JSON answer of a scoring route: ``body``, then ``headers`` (the timing
+    header first), ``content-length`` and ``content-type``, in the order starlette's
+    :class:`~starlette.responses.Response` sends them, without its per-answer work
+    (rendering, lower-casing and encoding header names, looking for the two it adds)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, started: float, *headers: tuple[bytes, bytes]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = [
+            (b"server-timing", b"app;dur=%.3f" % ((time.perf_counter() - started) * 1000)),
+            *headers,
+            (b"content-length", b"%d" % len(body)),
+            (b"content-type", b"application/json"),
+        ]
 
 
 def refusal(status: int, content: dict[str, Any], started: float | None = None) -> JSONResponse:

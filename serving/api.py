@@ -159,7 +159,7 @@ async def predict(request: Request) -> Response:
         found = contract.problems(exc)
         status = 400 if found and found[0]["type"] == "json_invalid" else 422
         return _error(status, contract.summary(found, exc.error_count()), found, started=started)
-    return Response(content, media_type="application/json", headers=_http.timing(started))
+    return _http.Answer(content, started)
 
 
 def answer(served: Served, checker: contract.Contract, body: bytes | bytearray) -> bytes:
@@ -185,6 +185,8 @@ def render(served: Served, predictions: list[dict[str, Any]]) -> bytes:
 
 def _json_type(value: str | None) -> str | None:
     """``None`` when ``value`` is a JSON content type, else why it is not."""
+    if value == "application/json":
+        return None
     if not value:
         return "the request has no Content-Type; send Content-Type: application/json"
     media, _, params = value.partition(";")

@@ -96,8 +96,10 @@ class ServingApp(FastAPI):
             # lives as long as the process:
             # take it out of the cyclic collector's sight, or now and then a full collection
             # walks all of it and stalls a request. (No gc.collect() first: it would slow
-            # start-up and free next to nothing.)
+            # start-up and free next to nothing.) `churnlab serve` turned the collector off
+            # while it loaded: on again now, for what requests allocate.
             gc.freeze()
+            gc.enable()
         except ChurnlabError as exc:
             await send(
                 {"type": "lifespan.startup.failed", "message": f"serving: {store.redact(str(exc))}"}

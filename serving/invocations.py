@@ -115,8 +115,7 @@ async def invocations(request: Request) -> Response:
         )
     except Refusal as exc:
         return _refused(exc, started)
-    headers = {**_http.timing(started), "X-Model-Version": str(served.version)}
-    return Response(content, media_type=JSON, headers=headers)
+    return _http.Answer(content, started, (b"x-model-version", b"%d" % served.version))
 
 
 def router() -> APIRouter:

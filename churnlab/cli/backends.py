@@ -106,9 +106,17 @@ def cmd_serve(args) -> int:
 
     The version is loaded BEFORE uvicorn starts, so an empty stage, an unknown model or an
     unreachable registry ends the command at once with one line and exit code 1, 2 or 3.
+
+    The cyclic garbage collector is off until the app has started (the app turns it back
+    on): importing MLflow, FastAPI and pandas builds some hundred thousand objects, and
+    collecting them again and again while nothing is garbage yet costs a tenth of the
+    start-up (measured in benchmarks/README.md).
     """
+    import gc
+
     from uvicorn.importer import import_from_string
 
+    gc.disable()
     serve = import_from_string(_SERVE)
     serve(
         # --model left at its default lets MODEL_NAME (the server's variable) decide
