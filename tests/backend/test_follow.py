@@ -9,6 +9,7 @@ the same figures.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -213,6 +214,8 @@ def test_follow_settings_come_from_flags_and_variables(tmp_path):
     done = main("serve", "--stage", "production", "--follow", "--poll-interval", "-1")
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--poll-interval" in done.stderr
+    # serve turns the garbage collector off while it loads: a refusal turns it on again
+    assert gc.isenabled()
 
 
 def test_readiness_proves_a_sound_version_and_names_what_a_broken_one_fails(follow_registry):
