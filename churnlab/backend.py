@@ -9,6 +9,7 @@ never imports :mod:`serving` itself.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -50,11 +51,24 @@ class BackendFailed(ChurnlabError):
         self.output = output
 
 
+#: The ports :func:`free_port` gave this process lately. The kernel can hand out one free
+#: port twice in a row (2 pairs in 20,000 here), and two backends started together, as
+#: ``churnlab verify`` starts staging and production, would then share it: the one that
+#: binds second fails, and its ``/health`` is answered by the other.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=64)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on ``host`` that nothing listens on right now, and not one of the last
+    64 this process was given (a backend given one may not have bound it yet)."""
+    for _ in range(64):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            break
+    _HANDED_OUT.append(port)
+    return port
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -194,11 +208,13 @@ class Backend:
                     self.output(),
                 )
             try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
-                    self.startup_s = round(time.monotonic() - self._started, 3)
-                    return self
+                answer = requests.get(self.url + "/health", timeout=2)
             except requests.RequestException:
-                pass
+                answer = None
+            if answer is not None and answer.status_code == 200:
+                self._check_is_ours(answer)
+                self.startup_s = round(time.monotonic() - self._started, 3)
+                return self
             time.sleep(0.05)
         self.stop()
         raise BackendFailed(
@@ -206,6 +222,22 @@ class Backend:
             + (f": {self.last_line()}" if self.last_line() else ""),
             self.output(),
         )
+
+    def _check_is_ours(self, health: requests.Response) -> None:
+        """Raise :class:`BackendFailed` when ``/health`` on this port is another server's
+        (one that bound the port between :meth:`start`'s check and this process)."""
+        try:
+            shown = health.json()
+            stage, model = str(shown["stage"]).lower(), shown["model_name"]
+        except (ValueError, KeyError, TypeError):
+            stage, model = "?", "?"
+        if (stage, model) != (self.stage.lower(), self.model_name):
+            self.stop()
+            raise BackendFailed(
+                f"port {self.port} answers as another server ({model} {stage}), not this "
+                f"{self.model_name} {self.stage} backend: start it again on another port",
+                self.output(),
+            )
 
     @property
     def session(self) -> requests.Session:

@@ -22,7 +22,7 @@ from support import copy_db as _copy_db
 from support import running_backend, sqlite_server
 
 from churnlab import data, schema
-from churnlab.backend import free_port
+from churnlab.backend import Backend, BackendFailed, free_port
 from churnlab.schema import EXAMPLE_RECORD
 from churnlab.scoring import Scorer
 
@@ -80,6 +80,45 @@ def test_uvicorn_serves_the_stage_and_a_promotion_does_not_change_it(staged):
     with running_backend("staging") as restarted:  # a restart picks up the move
         assert restarted.health()["model_version"] == 2
         assert restarted.health()["run_id"] == staged.version(2).run_id
+
+
+def test_free_ports_handed_out_together_differ():
+    """The kernel can give one free port twice in a row; two backends started together
+    (verify's staging and production) must not share one."""
+    ports = [free_port() for _ in range(64)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_server_that_takes_the_port_first_is_not_taken_for_the_backend(staged):
+    """Another server binds the backend's port after start()'s check: its /health is not
+    this backend's, and waiting says so instead of reporting the backend ready."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"stage": "staging", "model_name": "someone-else"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    backend = Backend("staging", model_name=staged.model_name).start()
+    other = ThreadingHTTPServer(("127.0.0.1", backend.port), Other)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(BackendFailed, match="answers as another server") as failed:
+            backend.wait_ready(timeout=60)
+        assert "(someone-else staging), not this" in str(failed.value)
+        assert backend.process.poll() is not None, "the backend process is stopped"
+    finally:
+        other.shutdown()
+        other.server_close()
+        backend.stop()
 
 
 def test_churnlab_serve_runs_production_on_the_given_port(staged):
