@@ -225,13 +225,16 @@ class Backend:
 
     def _check_is_ours(self, health: requests.Response) -> None:
         """Raise :class:`BackendFailed` when ``/health`` on this port is another server's
-        (one that bound the port between :meth:`start`'s check and this process)."""
+        (one that bound the port between :meth:`start`'s check and this process).
+
+        Another server of the same model and stage (another registry's) is not told apart.
+        """
         try:
             shown = health.json()
-            stage, model = str(shown["stage"]).lower(), shown["model_name"]
+            stage, model = str(shown["stage"]).strip().lower(), str(shown["model_name"]).strip()
         except (ValueError, KeyError, TypeError):
             stage, model = "?", "?"
-        if (stage, model) != (self.stage.lower(), self.model_name):
+        if (stage, model) != (self.stage.strip().lower(), self.model_name.strip()):
             self.stop()
             raise BackendFailed(
                 f"port {self.port} answers as another server ({model} {stage}), not this "

@@ -96,15 +96,15 @@ class ServingApp(FastAPI):
             # lives as long as the process:
             # take it out of the cyclic collector's sight, or now and then a full collection
             # walks all of it and stalls a request. (No gc.collect() first: it would slow
-            # start-up and free next to nothing.) `churnlab serve` turned the collector off
-            # while it loaded: on again now, for what requests allocate.
+            # start-up and free next to nothing.)
             gc.freeze()
-            gc.enable()
         except ChurnlabError as exc:
             await send(
                 {"type": "lifespan.startup.failed", "message": f"serving: {store.redact(str(exc))}"}
             )
             return
+        finally:  # `churnlab serve` turned the collector off while it loaded: on again,
+            gc.enable()  # for what requests allocate, however the start-up ended
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: stop watching the alias
         if self.state.follower is not None:

@@ -109,8 +109,8 @@ def cmd_serve(args) -> int:
 
     The cyclic garbage collector is off until the app has started (the app turns it back
     on, and so does this command when it ends, however it ends): importing MLflow, FastAPI
-    and pandas builds some 290,000 objects, and collecting them again and again while
-    nothing is garbage yet cost a fifth of the start-up (benchmarks/README.md).
+    and pandas builds hundreds of thousands of objects, and collecting them again and again
+    while nothing is garbage yet cost a fifth of the start-up (benchmarks/README.md).
     """
     import gc
 
