@@ -7,7 +7,7 @@ import io
 import re
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Request
@@ -165,6 +165,8 @@ def include(app: FastAPI) -> None:
 # ---------------------------------------------------------------------------- reading a request
 def _media_type(value: str | None) -> str:
     """``application/json`` or ``text/csv``, by MLflow's rules: only a UTF-8 charset."""
+    if value == JSON:  # what nearly every client sends: no parsing needed
+        return JSON
     if not value:
         raise _problem(415, "Content-Type", f"is missing: send {JSON} or {CSV}", "content_type")
     media, *params = (part.strip() for part in value.split(";"))
@@ -231,8 +233,9 @@ def _table_naming(rows: str, header: str) -> Naming:
     return name
 
 
-def _payload(media: str, body: bytes | bytearray) -> tuple[dict[str, Any], Naming]:
-    """The body as a ``/predict`` request (records or columns) and how to name its fields."""
+def _payload(media: str, body: bytes | bytearray) -> tuple[dict[str, Any] | _Rows, Naming]:
+    """The body as a ``/predict`` request (records or columns; :class:`_Rows` for a table
+    sent as rows) and how to name its fields."""
     if media == CSV:
         return _from_csv(body)
     try:
@@ -261,7 +264,7 @@ def _payload(media: str, body: bytes | bytearray) -> tuple[dict[str, Any], Namin
     return {"records": [value]}, _record_naming(key)  # one customer as an object
 
 
-def _from_split(split: Any) -> tuple[dict[str, Any], Naming]:
+def _from_split(split: Any) -> tuple[_Rows, Naming]:
     """``{"columns": [...], "data": [[...], ...], "index": optional}`` as columns."""
     key = "dataframe_split"
     if not isinstance(split, dict):
@@ -287,7 +290,30 @@ def _from_split(split: Any) -> tuple[dict[str, Any], Naming]:
             else "must be a list of row labels"
         )
         raise _problem(422, f"{key}.index", problem, "dataframe_split")
-    return _columns(names, rows), _table_naming(f"{key}.data", f"{key}.columns")
+    return _Rows(names, rows), _table_naming(f"{key}.data", f"{key}.columns")
+
+
+class _Rows(NamedTuple):
+    """A table sent as rows (``dataframe_split``), checked to have one value per column
+    in every row and each column named once."""
+
+    names: list[str]
+    rows: list[list[Any]]
+
+    def columns(self) -> dict[str, Any]:
+        """The customers as a columns request: what the contract of record judges, so a
+        problem is named by its column and row (see :func:`_table_naming`)."""
+        return _columns(self.names, self.rows)
+
+    def quick(self) -> dict[str, Any]:
+        """What the contract's fast path reads: a few customers as records, which it
+        validates and scores in one step (about 15 µs less for one customer than
+        columns turned back into records, see ``Batch.churn_probability``); more as
+        columns. A customer's values and types are the same either way, so the fast path
+        accepts the one exactly when it accepts the other."""
+        if 0 < len(self.rows) <= contract.FEW_RECORDS:
+            return {"records": [dict(zip(self.names, row, strict=True)) for row in self.rows]}
+        return self.columns()
 
 
 def _check_table(rows: list[Any], names: list[str], where: str, header: str) -> None:
@@ -359,11 +385,18 @@ def _cell(text: str, kind: str) -> Any:
 
 # ---------------------------------------------------------------------------- scoring
 def _score(scorer: Any, checker: contract.Contract, media: str, body: bytes | bytearray) -> bytes:
-    """The answer to a request: convert, validate with the contract, score, render."""
+    """The answer to a request: convert, validate with the contract, score, render.
+
+    The contract's fast path reads the body first (a table sent as rows: see
+    :meth:`_Rows.quick`); what it refuses, the contract of record judges and names.
+    """
     payload, naming = _payload(media, body)
     encode = _http.ENCODER.encode
+    rows = payload if isinstance(payload, _Rows) else None
     try:
-        batch = checker.decode_fast(encode(payload)) or checker.validate_python(payload)
+        batch = checker.decode_fast(
+            encode(rows.quick() if rows is not None else payload)
+        ) or checker.validate_python(rows.columns() if rows is not None else payload)
     except ValidationError as exc:
         raise _contract_refusal(exc, naming) from None
     churn = batch.churn_probability(scorer)

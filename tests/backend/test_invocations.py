@@ -26,6 +26,7 @@ from support import running_backend, staged_copy
 
 from churnlab import schema, store
 from churnlab.backend import free_port
+from serving import contract
 from serving.app import Settings, create_app
 
 pytestmark = pytest.mark.xdist_group("invocations")  # its module fixtures, one worker
@@ -129,6 +130,34 @@ def test_every_format_scores_as_predict_does_in_mlflow_shape(served):
         assert answer.headers["x-model-version"] == "1"
         got = churn(answer.json())
         assert got == pytest.approx(expected, abs=1e-12), name
+
+
+def test_a_split_scores_as_predict_whether_few_or_many_rows(served):
+    """A split of a few rows reaches the contract's fast path as records, a longer one as
+    columns: both answer what ``/predict`` answers for the same customers, as does a value
+    only the contract of record accepts (tenure sent as 3.0)."""
+    client, home = served
+    few = contract.FEW_RECORDS
+    records = customers(home, few + 1)
+    records[0] = {**records[0], schema.ID_COLUMN: None}
+    names = [schema.ID_COLUMN, *schema.FEATURE_NAMES]
+
+    def predicted(rows: list[dict]) -> list[float]:
+        answer = client.post("/predict", json={"records": rows}).json()
+        return [p["churn_probability"] for p in answer["predictions"]]
+
+    def split(rows: list[dict]) -> dict:
+        return {
+            "dataframe_split": {"columns": names, "data": [[r[n] for n in names] for r in rows]}
+        }
+
+    for size in (1, 2, few, few + 1):
+        answer = invoke(client, split(records[:size]))
+        assert answer.status_code == 200, (size, answer.text)
+        assert churn(answer.json()) == predicted(records[:size]), size
+    lax = [{**r, "tenure": float(r["tenure"])} for r in records[:2]]
+    assert contract.Contract().decode_fast(json.dumps({"records": lax}).encode()) is None
+    assert churn(invoke(client, split(lax)).json()) == predicted(records[:2])
 
 
 def test_one_customer_as_an_object_params_and_charset_are_accepted(client):

