@@ -216,6 +216,12 @@ def same(a, b) -> bool:
     return a == b
 
 
+#: the property and the check of what it saw run on one worker, one after the other: apart,
+#: the check found nothing seen and skipped
+ONE_WORKER = pytest.mark.xdist_group("fastpath-property")
+
+
+@ONE_WORKER
 @settings(
     max_examples=600,
     deadline=None,
@@ -247,6 +253,7 @@ def test_what_the_fast_path_accepts_the_contract_accepts_with_the_same_values(ca
         assert all(same(x, y) for x, y in zip(a, b, strict=True)), (name, a, b, raw)
 
 
+@ONE_WORKER
 def test_the_property_saw_every_outcome():
     """The generated bodies reached all three outcomes (runs after the property above)."""
     if not SEEN:
