@@ -308,8 +308,9 @@ class _Rows(NamedTuple):
     def quick(self) -> dict[str, Any]:
         """What the contract's fast path reads: a few customers as records, which it
         validates and scores in one step (for one customer, about 9 µs less than columns
-        turned back into records: see ``Batch.churn_probability``); more as columns. A customer's values and types are the same either way, so the fast path
-        accepts the one exactly when it accepts the other."""
+        turned back into records: see ``Batch.churn_probability``); more as columns. A
+        customer's values and types are the same either way, so the fast path accepts the
+        one exactly when it accepts the other."""
         if 0 < len(self.rows) <= contract.FEW_RECORDS:
             return {"records": [dict(zip(self.names, row, strict=True)) for row in self.rows]}
         return self.columns()
